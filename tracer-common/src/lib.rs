@@ -103,6 +103,10 @@ pub const F_REPORTED: u32 = 1 << 13;
 /// The local close happened while data this side had sent was unacknowledged.
 pub const F_UNACKED_AT_CLOSE: u32 = 1 << 14;
 
+/// The socket failed the filters; kept in the map so that hot paths decide
+/// with one lookup. Never emitted.
+pub const F_IGNORED: u32 = 1 << 31;
+
 /// Flags that make a close worth reporting without `--all`.
 pub const F_ABNORMAL: u32 = F_RST_RECEIVED
     | F_RST_SENT
@@ -383,7 +387,8 @@ pub struct ConnRecord {
     pub _pad: u32,
 }
 
-const _: () = assert!(size_of::<ConnRecord>() == 32 + 40 + size_of::<SockState>() + 16 + 4 + 16 + 4);
+const _: () =
+    assert!(size_of::<ConnRecord>() == 32 + 40 + size_of::<SockState>() + 16 + 4 + 16 + 4);
 
 /// `KIND_RESET`: an RST sent after the socket was reported (e.g. data arriving
 /// on a socket already closed: `TCP_ABORT_ON_DATA`).

@@ -1,0 +1,153 @@
+//! BTF tracepoint `tcp_sendmsg_locked(sk, msg, skb, size_goal)`
+//! (include/trace/events/tcp.h, 6.11+): fires only for TCP sends, in the
+//! sending task. One map lookup decides; tracked sockets learn their owner,
+//! count request/response "messages", and the first bytes of a response are
+//! checked for an HTTP/1.x 5xx status line. Payload is never copied out.
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user_buf},
+    macros::btf_tracepoint,
+    programs::BtfTracePointContext,
+};
+use tracer_common::*;
+
+use crate::{
+    conf,
+    sock::{count, current_comm, header, idle_ms, kread, lookup_or_midlife, now_ns, tuple_of},
+    state::BPF_RB_NO_WAKEUP,
+    EVENTS,
+};
+
+#[btf_tracepoint(function = "tcp_sendmsg_locked")]
+pub fn tcp_sendmsg_locked(ctx: BtfTracePointContext) -> i32 {
+    match try_send(&ctx) {
+        Ok(v) | Err(v) => v as i32,
+    }
+}
+
+fn try_send(ctx: &BtfTracePointContext) -> Result<i64, i64> {
+    let sk: u64 = ctx.arg(0);
+    let msg: u64 = ctx.arg(1);
+    let now = now_ns();
+    let st = match crate::SOCKS.get_ptr_mut(&sk) {
+        Some(st) => {
+            // SAFETY: map value pointer.
+            if unsafe { (*st).flags } & F_IGNORED != 0 {
+                return Ok(0);
+            }
+            st
+        }
+        None => {
+            let lport: u16 = kread(sk, conf!(sk_num)).unwrap_or(0);
+            let rport = u16::from_be(kread::<u16>(sk, conf!(sk_dport)).unwrap_or(0));
+            match lookup_or_midlife(sk, lport, rport, now) {
+                Some(st) => st,
+                None => return Ok(0),
+            }
+        }
+    };
+    count(C_SEND_SEEN);
+    // SAFETY: map value pointer, valid for this program run.
+    let s = unsafe { &mut *st };
+    let id = bpf_get_current_pid_tgid();
+    let tgid = (id >> 32) as u32;
+    if tgid == conf!(self_tgid) {
+        return Ok(0);
+    }
+    if s.owner_tgid == 0 || s.flags & F_ROLE_CLIENT == 0 {
+        // Accepted sockets belong to whoever serves them (the listener's
+        // owner may have handed them to a worker).
+        if s.owner_tgid != tgid {
+            s.owner_tgid = tgid;
+            s.owner_tid = id as u32;
+            s.comm = current_comm();
+        }
+    }
+    let rcvd: u64 = kread(sk, conf!(tp_bytes_received)).unwrap_or(0);
+    // A new message starts when the peer sent something since our last send
+    // (a response for a client, a request for a server), or on the first send.
+    let new_msg = s.messages == 0 || rcvd != s.rcvd_at_msg;
+    s.last_send_ns = now;
+    if !new_msg {
+        return Ok(0);
+    }
+    s.idle_before_msg_ms = if s.messages == 0 { 0 } else { idle_ms(sk) };
+    s.messages += 1;
+    s.msg_start_ns = now;
+    s.rcvd_at_msg = rcvd;
+    if s.flags & F_ROLE_CLIENT == 0 && conf!(sniff_http) != 0 {
+        sniff(sk, msg, s, now, id);
+    }
+    Ok(0)
+}
+
+/// Reads the first bytes of the message and emits a record when they are an
+/// HTTP/1.x 5xx status line.
+#[inline(always)]
+fn sniff(sk: u64, msg: u64, s: &SockState, now: u64, id: u64) {
+    let iter = msg + conf!(msg_iter) as u64;
+    let Ok(ty) = kread::<u8>(iter, conf!(iter_type)) else {
+        return;
+    };
+    let off: u64 = kread(iter, conf!(iter_iov_offset)).unwrap_or(0);
+    let Ok(ptr) = kread::<u64>(iter, conf!(iter_ptr)) else {
+        return;
+    };
+    let base = if ty as u32 == conf!(iter_ubuf_value) {
+        ptr
+    } else if ty as u32 == conf!(iter_iovec_value) {
+        // First `struct iovec { void __user *iov_base; size_t iov_len; }`.
+        match kread::<u64>(ptr, 0) {
+            Ok(b) => b,
+            Err(_) => return,
+        }
+    } else {
+        return;
+    };
+    let mut buf = [0u8; SNIFF_LEN];
+    // SAFETY: bpf_probe_read_user validates the user address.
+    if unsafe { bpf_probe_read_user_buf((base + off) as *const u8, &mut buf) }.is_err() {
+        count(C_READ_FAILED);
+        return;
+    }
+    count(C_SNIFFED);
+    let Some(status) = status_5xx(&buf) else {
+        return;
+    };
+    let Some(mut entry) = EVENTS.reserve::<HttpRecord>(0) else {
+        count(C_LOST_RINGBUF);
+        return;
+    };
+    let mut hdr = header(KIND_HTTP5XX, sk, now);
+    hdr.tid = id as u32;
+    hdr.tgid = (id >> 32) as u32;
+    entry.write(HttpRecord {
+        hdr,
+        tuple: tuple_of(sk),
+        status,
+        sk_state: kread::<u8>(sk, conf!(sk_state)).unwrap_or(0),
+        _pad: 0,
+        netns: s.netns,
+        sock_flags: s.flags,
+        _pad2: 0,
+        comm: current_comm(),
+    });
+    entry.submit(BPF_RB_NO_WAKEUP);
+    count(C_EMITTED);
+}
+
+/// `HTTP/1.x 5dd ` → 5dd. The reason phrase is not checked.
+#[inline(always)]
+fn status_5xx(b: &[u8; SNIFF_LEN]) -> Option<u16> {
+    if b[0] != b'H' || b[1] != b'T' || b[2] != b'T' || b[3] != b'P' || b[4] != b'/' {
+        return None;
+    }
+    if b[5] != b'1' || b[6] != b'.' || b[8] != b' ' || b[9] != b'5' {
+        return None;
+    }
+    let (d1, d2) = (b[10], b[11]);
+    if !d1.is_ascii_digit() || !d2.is_ascii_digit() || (b[12] != b' ' && b[12] != b'\r') {
+        return None;
+    }
+    Some(500 + (d1 - b'0') as u16 * 10 + (d2 - b'0') as u16)
+}

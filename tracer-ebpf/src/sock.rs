@@ -1,0 +1,228 @@
+//! Shared helpers: reading kernel memory at BTF offsets, filters, counters,
+//! and filling record headers.
+
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns,
+        bpf_probe_read_kernel,
+    },
+    programs::TracePointContext,
+};
+use tracer_common::{
+    Header, SockState, Tuple, ABSENT, AF_INET6, COMM_LEN, C_FILTERED, C_LOST_MAP_FULL, F_MIDLIFE,
+    F_REPORTED,
+};
+
+use crate::{conf, COUNTERS, NETNS, PORTS, SOCKS};
+
+/// Adds one to a per-CPU counter.
+#[inline(always)]
+pub fn count(idx: u32) {
+    if let Some(c) = COUNTERS.get_ptr_mut(idx) {
+        // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
+        unsafe { *c += 1 };
+    }
+}
+
+/// Reads a `T` at `base + off` in kernel memory; `ABSENT` offsets fail.
+#[inline(always)]
+pub fn kread<T>(base: u64, off: u32) -> Result<T, i64> {
+    if off == ABSENT || base == 0 {
+        return Err(0);
+    }
+    // SAFETY: bpf_probe_read_kernel validates the address.
+    unsafe { bpf_probe_read_kernel((base + off as u64) as *const T) }.map_err(|e| e as i64)
+}
+
+/// Reads a `T` at `off` in the tracepoint record; `ABSENT` offsets fail.
+#[inline(always)]
+pub fn tpread<T>(ctx: &TracePointContext, off: u32) -> Result<T, i64> {
+    if off == ABSENT {
+        return Err(0);
+    }
+    // SAFETY: offsets come from this kernel's format file.
+    unsafe { ctx.read_at::<T>(off as usize) }.map_err(|e| e as i64)
+}
+
+/// Reads a 1- or 2-byte `protocol` field (its width changed in 5.6).
+#[inline(always)]
+pub fn tpread_proto(ctx: &TracePointContext, off: u32, size: u32) -> Result<u16, i64> {
+    if size == 1 {
+        Ok(tpread::<u8>(ctx, off)? as u16)
+    } else {
+        tpread::<u16>(ctx, off)
+    }
+}
+
+/// Network-namespace inode of a socket: `sk->__sk_common.skc_net.net->ns.inum`.
+#[inline(always)]
+pub fn netns_of(sk: u64) -> u32 {
+    let net: u64 = match kread(sk, conf!(sk_net)) {
+        Ok(n) => n,
+        Err(_) => return 0,
+    };
+    kread::<u32>(net, conf!(net_inum)).unwrap_or(0)
+}
+
+/// Whether a socket with these ports in this namespace is of interest.
+#[inline(always)]
+pub fn passes(netns: u32, lport: u16, rport: u16) -> bool {
+    if conf!(filter_netns) != 0 && unsafe { NETNS.get(&netns) }.is_none() {
+        count(C_FILTERED);
+        return false;
+    }
+    if conf!(filter_ports) != 0
+        && unsafe { PORTS.get(&lport) }.is_none()
+        && unsafe { PORTS.get(&rport) }.is_none()
+    {
+        count(C_FILTERED);
+        return false;
+    }
+    true
+}
+
+/// Fills a header for the current task and time.
+#[inline(always)]
+pub fn header(kind: u8, skaddr: u64, now: u64) -> Header {
+    let id = bpf_get_current_pid_tgid();
+    Header {
+        kind,
+        _pad: [0; 3],
+        tid: id as u32,
+        tgid: (id >> 32) as u32,
+        // SAFETY: plain helper call.
+        cpu: unsafe { bpf_get_smp_processor_id() },
+        ts_ns: now,
+        skaddr,
+    }
+}
+
+#[inline(always)]
+pub fn now_ns() -> u64 {
+    // SAFETY: plain helper call.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+#[inline(always)]
+pub fn current_comm() -> [u8; COMM_LEN] {
+    bpf_get_current_comm().unwrap_or([0; COMM_LEN])
+}
+
+/// The socket's own addresses from `struct sock_common`, valid for full and
+/// time-wait sockets alike (both start with `sock_common`,
+/// include/net/sock.h, include/net/inet_timewait_sock.h).
+#[inline(always)]
+pub fn tuple_of(sk: u64) -> Tuple {
+    let mut t = Tuple {
+        saddr: [0; 16],
+        daddr: [0; 16],
+        sport: kread::<u16>(sk, conf!(sk_num)).unwrap_or(0),
+        dport: u16::from_be(kread::<u16>(sk, conf!(sk_dport)).unwrap_or(0)),
+        family: kread::<u16>(sk, conf!(sk_family)).unwrap_or(0),
+        _pad: 0,
+    };
+    if t.family == AF_INET6 {
+        t.saddr = kread(sk, conf!(sk_v6_rcv_saddr)).unwrap_or([0; 16]);
+        t.daddr = kread(sk, conf!(sk_v6_daddr)).unwrap_or([0; 16]);
+    } else {
+        let s: [u8; 4] = kread(sk, conf!(sk_rcv_saddr)).unwrap_or([0; 4]);
+        let d: [u8; 4] = kread(sk, conf!(sk_daddr)).unwrap_or([0; 4]);
+        t.saddr[..4].copy_from_slice(&s);
+        t.daddr[..4].copy_from_slice(&d);
+    }
+    t
+}
+
+/// Current jiffies, truncated like `tcp_jiffies32` (include/net/tcp.h).
+#[inline(always)]
+pub fn jiffies32() -> u32 {
+    // SAFETY: plain helper call (kernel 5.5+).
+    unsafe { aya_ebpf::helpers::generated::bpf_jiffies64() as u32 }
+}
+
+/// Milliseconds since the later of the socket's last data sent
+/// (`tcp_sock.lsndtime`) and last data received (`icsk_ack.lrcvtime`).
+#[inline(always)]
+pub fn idle_ms(sk: u64) -> u32 {
+    let snd: u32 = kread(sk, conf!(tp_lsndtime)).unwrap_or(0);
+    let rcv: u32 = kread(sk, conf!(icsk_lrcvtime)).unwrap_or(0);
+    let last = if (snd.wrapping_sub(rcv) as i32) > 0 {
+        snd
+    } else {
+        rcv
+    };
+    let d = jiffies32().wrapping_sub(last);
+    if (d as i32) < 0 {
+        return 0;
+    }
+    let hz = conf!(hz);
+    if hz == 0 {
+        return 0;
+    }
+    ((d as u64) * 1000 / hz as u64) as u32
+}
+
+/// A zeroed per-socket state.
+#[inline(always)]
+pub fn fresh_state(now: u64, netns: u32, flags: u32) -> SockState {
+    SockState {
+        birth_ns: now,
+        close_start_ns: 0,
+        last_send_ns: 0,
+        msg_start_ns: 0,
+        rst_ns: 0,
+        rcvd_at_msg: 0,
+        idle_before_msg_ms: 0,
+        idle_at_close_ms: 0,
+        messages: 0,
+        flags,
+        owner_tgid: 0,
+        owner_tid: 0,
+        closer_tid: 0,
+        netns,
+        rst_reason_plus1: 0,
+        close_from: 0,
+        close_to: 0,
+        _pad: [0; 2],
+        comm: [0; COMM_LEN],
+    }
+}
+
+/// Inserts a state, counting a full map as loss.
+#[inline(always)]
+pub fn insert(sk: u64, st: &SockState) -> Option<*mut SockState> {
+    if SOCKS.insert(&sk, st, 0).is_err() {
+        count(C_LOST_MAP_FULL);
+        return None;
+    }
+    SOCKS.get_ptr_mut(&sk)
+}
+
+pub use tracer_common::F_IGNORED;
+
+/// Looks a socket up, or starts tracking one first seen mid-life (it existed
+/// before the tracer, or fell out of the LRU). Returns `None` for sockets the
+/// filters exclude.
+#[inline(always)]
+pub fn lookup_or_midlife(sk: u64, lport: u16, rport: u16, now: u64) -> Option<*mut SockState> {
+    if let Some(st) = SOCKS.get_ptr_mut(&sk) {
+        // SAFETY: map value pointer, valid for this program run.
+        if unsafe { (*st).flags } & F_IGNORED != 0 {
+            return None;
+        }
+        return Some(st);
+    }
+    let netns = netns_of(sk);
+    if !passes(netns, lport, rport) {
+        let _ = insert(sk, &fresh_state(now, netns, F_IGNORED));
+        return None;
+    }
+    insert(sk, &fresh_state(now, netns, F_MIDLIFE))
+}
+
+/// True once a `KIND_CLOSE` was emitted for this socket.
+#[inline(always)]
+pub fn reported(st: *const SockState) -> bool {
+    // SAFETY: map value pointer.
+    unsafe { (*st).flags & F_REPORTED != 0 }
+}

@@ -1,0 +1,338 @@
+//! `sock:inet_sock_set_state`: every TCP state change. Births set the role
+//! and owner, the first change out of ESTABLISHED says who closed first, and
+//! `TCP_CLOSE` emits the socket's whole life as one record.
+
+use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use tracer_common::*;
+
+use crate::{
+    conf,
+    sock::{
+        count, current_comm, fresh_state, header, idle_ms, insert, kread, lookup_or_midlife,
+        netns_of, now_ns, passes, tpread, tpread_proto, F_IGNORED,
+    },
+    EVENTS, LISTENERS, SOCKS,
+};
+
+const ETIMEDOUT: i32 = 110;
+
+#[tracepoint]
+pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
+    match try_set_state(&ctx) {
+        Ok(v) | Err(v) => v as u32,
+    }
+}
+
+fn try_set_state(ctx: &TracePointContext) -> Result<i64, i64> {
+    count(C_STATE_SEEN);
+    if tpread_proto(ctx, conf!(ss_protocol), conf!(ss_protocol_size))? != IPPROTO_TCP {
+        return Ok(0);
+    }
+    let sk: u64 = tpread(ctx, conf!(ss_skaddr))?;
+    let old = tpread::<i32>(ctx, conf!(ss_oldstate))? as u8;
+    let new = tpread::<i32>(ctx, conf!(ss_newstate))? as u8;
+    let sport: u16 = tpread(ctx, conf!(ss_sport))?;
+    let dport: u16 = tpread(ctx, conf!(ss_dport))?;
+    let now = now_ns();
+
+    match new {
+        TCP_SYN_SENT => return on_connect(sk, sport, dport, now),
+        TCP_SYN_RECV => return on_accept_birth(sk, sport, dport, now),
+        TCP_LISTEN => return on_listen(sk, sport),
+        _ => {}
+    }
+
+    let st = if old == TCP_ESTABLISHED || new == TCP_CLOSE {
+        match lookup_or_midlife(sk, sport, dport, now) {
+            Some(st) => st,
+            None => {
+                if new == TCP_CLOSE {
+                    let _ = SOCKS.remove(&sk);
+                }
+                return Ok(0);
+            }
+        }
+    } else {
+        match SOCKS.get_ptr_mut(&sk) {
+            // SAFETY: map value pointer.
+            Some(st) if unsafe { (*st).flags } & F_IGNORED == 0 => st,
+            _ => return Ok(0),
+        }
+    };
+    // SAFETY: map value pointer, valid for this program run.
+    let s = unsafe { &mut *st };
+
+    let id = aya_ebpf::helpers::bpf_get_current_pid_tgid();
+    let tid = id as u32;
+
+    if s.close_start_ns == 0 && (old == TCP_ESTABLISHED || old == TCP_SYN_RECV) {
+        // The close begins here: who went first, and how idle was it.
+        s.close_start_ns = now;
+        s.close_from = old;
+        s.close_to = new;
+        s.idle_at_close_ms = idle_ms(sk);
+        let inflight = s.flags & F_ROLE_CLIENT != 0 && s.messages > 0 && {
+            let rcvd: u64 = kread(sk, conf!(tp_bytes_received)).unwrap_or(0);
+            rcvd == s.rcvd_at_msg
+        };
+        if inflight {
+            s.flags |= F_INFLIGHT_AT_CLOSE;
+        }
+        match new {
+            // tcp_close()/tcp_shutdown() run in the closing task
+            // (net/ipv4/tcp.c): the current task is the actor.
+            TCP_FIN_WAIT1 => {
+                s.flags |= F_LOCAL_CLOSE_FIRST;
+                local_close(s, sk, tid);
+            }
+            TCP_CLOSE_WAIT => s.flags |= F_PEER_FIN_FIRST,
+            TCP_CLOSE if s.flags & F_RST_RECEIVED == 0 => {
+                // ESTABLISHED -> CLOSE without an RST received is an abortive
+                // close by the application (SO_LINGER 0, or unread data):
+                // tcp_disconnect()/__tcp_close() set CLOSE, then send the RST.
+                s.flags |= F_LOCAL_CLOSE_FIRST | F_RST_SENT;
+                local_close(s, sk, tid);
+            }
+            _ => {}
+        }
+        if inflight && new == TCP_FIN_WAIT1 {
+            // The proxy gave up on a request in flight (its read timeout, or
+            // its client left): let userspace join the 5xx that follows.
+            emit_conn(KIND_OBSERVE, sk, s, ctx, now, true);
+        }
+    } else if old == TCP_CLOSE_WAIT
+        && (new == TCP_LAST_ACK || (new == TCP_CLOSE && s.flags & F_RST_RECEIVED == 0))
+    {
+        // The application closes after the peer's FIN (an RST arriving in
+        // CLOSE_WAIT is not a close by the application): the current task is
+        // the one that observed it (e.g. nginx's "upstream prematurely closed").
+        s.closer_tid = tid;
+        if new == TCP_CLOSE {
+            s.flags |= F_RST_SENT;
+        }
+        if s.flags & F_INFLIGHT_AT_CLOSE != 0 {
+            emit_conn(KIND_OBSERVE, sk, s, ctx, now, true);
+        }
+    } else if old == TCP_SYN_SENT && new == TCP_CLOSE {
+        s.flags |= F_CONNECT_FAILED;
+        s.close_start_ns = now;
+        s.close_from = old;
+        s.close_to = new;
+        let err: i32 = kread(sk, conf!(sk_err)).unwrap_or(0);
+        if s.flags & F_RST_RECEIVED == 0 && err != ETIMEDOUT {
+            // No RST and no kernel timeout: the application abandoned the
+            // connect (a proxy's connect timeout), in its own context.
+            s.closer_tid = tid;
+            s.flags |= F_LOCAL_CLOSE_FIRST;
+        }
+    } else if (old == TCP_FIN_WAIT1 || old == TCP_FIN_WAIT2)
+        && new == TCP_CLOSE
+        && s.flags & F_RST_RECEIVED != 0
+    {
+        // tcp_rcv_state_process() calls tcp_reset() (which fires
+        // tcp_receive_reset) when data arrives after we closed, then sends an
+        // RST with TCP_ABORT_ON_DATA (net/ipv4/tcp_input.c). Userspace
+        // confirms with the RST reason that follows.
+        s.flags |= F_DATA_AFTER_CLOSE;
+    }
+
+    if new == TCP_CLOSE {
+        on_close(ctx, sk, st, now);
+    }
+    Ok(0)
+}
+
+/// Records the closing task, and whether it was exiting (crash, kill, OOM).
+#[inline(always)]
+fn local_close(s: &mut SockState, sk: u64, tid: u32) {
+    s.closer_tid = tid;
+    let task = unsafe { aya_ebpf::helpers::bpf_get_current_task() };
+    if let Ok(flags) = kread::<u32>(task, conf!(task_flags)) {
+        if flags & PF_EXITING != 0 {
+            s.flags |= F_EXITING_CLOSE;
+        }
+    }
+    let rcv_nxt: u32 = kread(sk, conf!(tp_rcv_nxt)).unwrap_or(0);
+    let copied: u32 = kread(sk, conf!(tp_copied_seq)).unwrap_or(0);
+    if rcv_nxt != copied {
+        s.flags |= F_UNREAD_AT_CLOSE;
+    }
+    let write_seq: u32 = kread(sk, conf!(tp_write_seq)).unwrap_or(0);
+    let snd_una: u32 = kread(sk, conf!(tp_snd_una)).unwrap_or(0);
+    if write_seq != snd_una {
+        s.flags |= F_UNACKED_AT_CLOSE;
+    }
+    if s.owner_tgid == 0 {
+        let id = aya_ebpf::helpers::bpf_get_current_pid_tgid();
+        s.owner_tgid = (id >> 32) as u32;
+        s.owner_tid = id as u32;
+        s.comm = current_comm();
+    }
+}
+
+/// `TCP_CLOSE`: emit the socket's life if it ended abnormally (or always,
+/// with `--all`). Reported sockets stay in the map until `tcp_destroy_sock`
+/// so a late RST or the application's close can still be joined.
+#[inline(always)]
+fn on_close(ctx: &TracePointContext, sk: u64, st: *mut SockState, now: u64) {
+    // SAFETY: map value pointer.
+    let s = unsafe { &mut *st };
+    if s.flags & F_REPORTED != 0 {
+        return;
+    }
+    if s.close_start_ns == 0 {
+        s.close_start_ns = now;
+    }
+    let err: i32 = kread(sk, conf!(sk_err)).unwrap_or(0);
+    let abnormal = s.flags & F_ABNORMAL != 0 || err != 0;
+    if abnormal || conf!(report_all) != 0 {
+        s.flags |= F_REPORTED;
+        emit_conn(KIND_CLOSE, sk, s, ctx, now, false);
+    } else {
+        let _ = SOCKS.remove(&sk);
+    }
+}
+
+/// Writes a [`ConnRecord`] for this socket straight into the ring buffer.
+#[inline(always)]
+pub fn emit_conn(
+    kind: u8,
+    sk: u64,
+    s: &SockState,
+    ctx: &TracePointContext,
+    now: u64,
+    task_ctx: bool,
+) {
+    emit_conn_tuple(kind, sk, s, now, task_ctx, |t| {
+        t.sport = tpread(ctx, conf!(ss_sport)).unwrap_or(0);
+        t.dport = tpread(ctx, conf!(ss_dport)).unwrap_or(0);
+        t.family = tpread(ctx, conf!(ss_family)).unwrap_or(0);
+        if t.family == AF_INET6 {
+            t.saddr = tpread(ctx, conf!(ss_saddr_v6)).unwrap_or([0; 16]);
+            t.daddr = tpread(ctx, conf!(ss_daddr_v6)).unwrap_or([0; 16]);
+        } else {
+            let s4: [u8; 4] = tpread(ctx, conf!(ss_saddr)).unwrap_or([0; 4]);
+            let d4: [u8; 4] = tpread(ctx, conf!(ss_daddr)).unwrap_or([0; 4]);
+            t.saddr[..4].copy_from_slice(&s4);
+            t.daddr[..4].copy_from_slice(&d4);
+        }
+    });
+}
+
+/// Shared by every [`ConnRecord`] producer; `fill` writes the addresses.
+#[inline(always)]
+pub fn emit_conn_tuple(
+    kind: u8,
+    sk: u64,
+    s: &SockState,
+    now: u64,
+    task_ctx: bool,
+    fill: impl FnOnce(&mut Tuple),
+) {
+    let Some(mut entry) = EVENTS.reserve::<ConnRecord>(0) else {
+        count(C_LOST_RINGBUF);
+        return;
+    };
+    let bytes_sent = kread(sk, conf!(tp_bytes_acked)).unwrap_or(0);
+    let bytes_received = kread(sk, conf!(tp_bytes_received)).unwrap_or(0);
+    let sk_err = kread(sk, conf!(sk_err)).unwrap_or(0);
+    let rec = entry.as_mut_ptr();
+    // SAFETY: `rec` points to reserved ring-buffer memory of the right size;
+    // every field is written before submit.
+    unsafe {
+        (*rec).hdr = header(kind, sk, now);
+        (*rec).tuple = Tuple {
+            saddr: [0; 16],
+            daddr: [0; 16],
+            sport: 0,
+            dport: 0,
+            family: 0,
+            _pad: 0,
+        };
+        fill(&mut (*rec).tuple);
+        (*rec).state = *s;
+        if task_ctx {
+            (*rec).state.flags |= F_TASK_CTX;
+        }
+        (*rec).bytes_sent = bytes_sent;
+        (*rec).bytes_received = bytes_received;
+        (*rec).sk_err = sk_err;
+        (*rec).cur_comm = if task_ctx {
+            current_comm()
+        } else {
+            [0; COMM_LEN]
+        };
+        (*rec)._pad = 0;
+    }
+    entry.submit(BPF_RB_NO_WAKEUP);
+    count(C_EMITTED);
+}
+
+/// `bpf_ringbuf_submit` flag: userspace drains on a timer, so no wake-up
+/// (each wake-up is an IPI in a VM: see PERFORMANCE.md).
+pub const BPF_RB_NO_WAKEUP: u64 = 1;
+
+/// `connect()`: CLOSE -> SYN_SENT runs in the connecting task.
+#[inline(always)]
+fn on_connect(sk: u64, sport: u16, dport: u16, now: u64) -> Result<i64, i64> {
+    let id = aya_ebpf::helpers::bpf_get_current_pid_tgid();
+    let tgid = (id >> 32) as u32;
+    let netns = netns_of(sk);
+    if tgid == conf!(self_tgid) || !passes(netns, sport, dport) {
+        let _ = insert(sk, &fresh_state(now, netns, F_IGNORED));
+        return Ok(0);
+    }
+    let mut st = fresh_state(now, netns, F_ROLE_CLIENT);
+    st.owner_tgid = tgid;
+    st.owner_tid = id as u32;
+    st.comm = current_comm();
+    let _ = insert(sk, &st);
+    Ok(0)
+}
+
+/// A passive open: the child socket is created in SYN_RECV (softirq); its
+/// owner is the listener's until the application touches it.
+#[inline(always)]
+fn on_accept_birth(sk: u64, sport: u16, dport: u16, now: u64) -> Result<i64, i64> {
+    let netns = netns_of(sk);
+    if !passes(netns, sport, dport) {
+        let _ = insert(sk, &fresh_state(now, netns, F_IGNORED));
+        return Ok(0);
+    }
+    let mut st = fresh_state(now, netns, F_ROLE_SERVER);
+    let key = ListenKey {
+        netns,
+        port: sport,
+        _pad: 0,
+    };
+    if let Some(owner) = unsafe { LISTENERS.get(&key) } {
+        st.owner_tgid = owner.tgid;
+        st.owner_tid = owner.tid;
+        st.comm = owner.comm;
+    }
+    let _ = insert(sk, &st);
+    Ok(0)
+}
+
+/// `listen()` runs in the listening task: remember it as the owner of the
+/// connections it will accept.
+#[inline(always)]
+fn on_listen(sk: u64, sport: u16) -> Result<i64, i64> {
+    let netns = netns_of(sk);
+    if !passes(netns, sport, 0) {
+        return Ok(0);
+    }
+    let id = aya_ebpf::helpers::bpf_get_current_pid_tgid();
+    let owner = ListenOwner {
+        tgid: (id >> 32) as u32,
+        tid: id as u32,
+        comm: current_comm(),
+    };
+    let key = ListenKey {
+        netns,
+        port: sport,
+        _pad: 0,
+    };
+    let _ = LISTENERS.insert(&key, &owner, 0);
+    Ok(0)
+}
