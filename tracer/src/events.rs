@@ -99,17 +99,6 @@ pub enum Event {
     Http5xx(Http5xx),
 }
 
-impl Event {
-    pub fn meta(&self) -> &Meta {
-        match self {
-            Event::Conn(c) => &c.meta,
-            Event::Reset(r) => &r.meta,
-            Event::Error(e) => &e.meta,
-            Event::Http5xx(h) => &h.meta,
-        }
-    }
-}
-
 fn read<T: Copy>(kind: u8, bytes: &[u8]) -> Result<T, DecodeError> {
     let want = std::mem::size_of::<T>();
     if bytes.len() < want {

@@ -45,6 +45,10 @@ pub struct EngineConfig {
     pub comms: Vec<String>,
     /// `sk_rst_reason` names of this kernel.
     pub rst_names: RstNames,
+    /// Host-network pods: sockets in this namespace (the host's) are only
+    /// reported when one of `host_pids` owns them.
+    pub host_netns: Option<u32>,
+    pub host_pids: Vec<u32>,
 }
 
 impl Default for EngineConfig {
@@ -57,6 +61,8 @@ impl Default for EngineConfig {
             pids: Vec::new(),
             comms: Vec::new(),
             rst_names: RstNames::default(),
+            host_netns: None,
+            host_pids: Vec::new(),
         }
     }
 }
@@ -219,8 +225,16 @@ impl Engine {
         }
     }
 
+    /// Replaces the processes of wanted host-network pods.
+    pub fn set_host_pids(&mut self, pids: &[u32]) {
+        self.cfg.host_pids = pids.to_vec();
+    }
+
     fn wanted(&self, f: &Facts) -> bool {
         let s = &f.conn.state;
+        if self.cfg.host_netns == Some(s.netns) && !self.cfg.host_pids.contains(&s.owner_tgid) {
+            return false;
+        }
         (self.cfg.pids.is_empty() || self.cfg.pids.contains(&s.owner_tgid))
             && (self.cfg.comms.is_empty()
                 || self.cfg.comms.iter().any(|c| *c == crate::events::comm(&s.comm)))

@@ -138,12 +138,3 @@ pub enum Report {
     ConnEnd(Box<ConnEnd>),
     BadGateway(Box<BadGateway>),
 }
-
-impl Report {
-    pub fn ts_ns(&self) -> u64 {
-        match self {
-            Report::ConnEnd(c) => c.ts_ns,
-            Report::BadGateway(b) => b.ts_ns,
-        }
-    }
-}

@@ -1,0 +1,327 @@
+//! Loading and attaching the eBPF programs, and talking to their maps.
+
+use std::{
+    path::{Path, PathBuf},
+    time::Instant,
+};
+
+use aya::{
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    programs::{BtfTracePoint, TracePoint},
+    Ebpf, EbpfLoader,
+};
+use tracer_common::{
+    Config, GLOBAL_CONFIG, MAP_COUNTERS, MAP_EVENTS, MAP_NETNS, MAP_PORTS, MAP_SOCKS, N_COUNTERS,
+};
+
+use crate::{
+    btf::Btf,
+    engine::classify::RstNames,
+    layout::{self, HookStatus},
+};
+
+/// Where tracefs lives on current kernels.
+pub const TRACEFS: &str = "/sys/kernel/tracing";
+/// Kernel BTF.
+pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+/// Why loading failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("tracefs is not mounted at {path} and mounting it failed: {source}")]
+    MountTracefs {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("kernel BTF at {path}: {source} (the kernel needs CONFIG_DEBUG_INFO_BTF)")]
+    Btf {
+        path: PathBuf,
+        #[source]
+        source: crate::btf::BtfError,
+    },
+    #[error("{0}")]
+    Layout(#[from] layout::LayoutError),
+    #[error("this binary was built without its eBPF object (AYA_BUILD_SKIP was set); rebuild with `cargo xtask build`")]
+    NoObject,
+    #[error("loading the eBPF object: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("{what}: {source}")]
+    Program {
+        what: String,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+}
+
+/// What to load.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    pub report_all: bool,
+    pub ports: Vec<u16>,
+    /// Network-namespace inodes to trace; `None`: no namespace filter.
+    pub netns: Option<Vec<u32>>,
+    pub max_conns: u32,
+}
+
+/// The loaded programs and what could not be attached.
+pub struct Loaded {
+    pub ebpf: Ebpf,
+    pub hooks: Vec<HookStatus>,
+    pub disabled: Vec<(String, String)>,
+    pub rst_names: RstNames,
+    pub config: Config,
+    /// How long start-up (layout, load, verify, attach) took.
+    pub startup_ms: u64,
+}
+
+/// Mounts tracefs when it is missing (fresh machines here do not mount it).
+pub fn ensure_tracefs() -> Result<PathBuf, LoadError> {
+    let path = PathBuf::from(TRACEFS);
+    if path.join("events").is_dir() {
+        return Ok(path);
+    }
+    log::info!("tracefs is not mounted; mounting it at {TRACEFS}");
+    let c = |s: &str| std::ffi::CString::new(s).expect("no NUL in constant");
+    let (src, target, fstype) = (c("tracefs"), c(TRACEFS), c("tracefs"));
+    // SAFETY: valid NUL-terminated strings; no data argument.
+    let rc = unsafe {
+        libc::mount(src.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null())
+    };
+    if rc != 0 {
+        return Err(LoadError::MountTracefs { path, source: std::io::Error::last_os_error() });
+    }
+    Ok(path)
+}
+
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
+
+/// Classic tracepoints, in attach order. The first is required.
+const TRACEPOINTS: &[(&str, &str, &str)] = &[
+    ("inet_sock_set_state", "sock", "inet_sock_set_state"),
+    ("tcp_send_reset", "tcp", "tcp_send_reset"),
+    ("tcp_receive_reset", "tcp", "tcp_receive_reset"),
+    ("tcp_destroy_sock", "tcp", "tcp_destroy_sock"),
+    ("inet_sk_error_report", "sock", "inet_sk_error_report"),
+];
+
+/// Loads, configures and attaches everything this kernel supports.
+pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
+    let started = Instant::now();
+    if OBJECT.is_empty() {
+        return Err(LoadError::NoObject);
+    }
+    let tracefs = ensure_tracefs()?;
+    let btf = Btf::from_file(VMLINUX_BTF)
+        .map_err(|source| LoadError::Btf { path: VMLINUX_BTF.into(), source })?;
+    let resolved = layout::build_config(&tracefs, &btf)?;
+    let mut config = resolved.config;
+    let mut hooks = resolved.hooks;
+    let mut disabled = resolved.disabled;
+    config.report_all = opts.report_all as u32;
+    config.filter_ports = !opts.ports.is_empty() as u32;
+    config.filter_netns = opts.netns.is_some() as u32;
+    config.self_tgid = std::process::id();
+    config.hz = match layout::detect_hz() {
+        Ok(hz) => hz,
+        Err(e) => {
+            disabled.push(("exact_idle_ms".into(), format!("{e}; assuming HZ=250")));
+            250
+        }
+    };
+    config.sniff_http = !disabled.iter().any(|(f, _)| f == "http_status_sniffing") as u32;
+    let rst_names = rst_names(&btf);
+
+    let aya_btf = aya::Btf::from_sys_fs().ok();
+    let mut ebpf = EbpfLoader::new()
+        .btf(aya_btf.as_ref())
+        .override_global(GLOBAL_CONFIG, &config, true)
+        .map_max_entries(MAP_SOCKS, opts.max_conns)
+        .load(OBJECT)?;
+
+    fill_filters(&mut ebpf, opts)?;
+
+    for (prog, group, event) in TRACEPOINTS {
+        let name = format!("{group}:{event}");
+        let status = hooks.iter_mut().find(|h| h.name == name);
+        if let Some(h) = &status {
+            if !h.available {
+                continue;
+            }
+        }
+        let result = attach_tracepoint(&mut ebpf, prog, group, event);
+        match (result, *prog == "inet_sock_set_state") {
+            (Ok(()), _) => {}
+            (Err(e), true) => return Err(e),
+            (Err(e), false) => {
+                log::warn!("{e}; continuing without it");
+                if let Some(h) = status {
+                    h.available = false;
+                    h.reason = Some(e.to_string());
+                }
+            }
+        }
+    }
+    // The only per-send hook: owner attribution of accepted sockets, request
+    // counting and the 5xx status line. Optional: without it conn_end works.
+    let send = "btf:tcp_sendmsg_locked".to_string();
+    match attach_send(&mut ebpf, aya_btf.as_ref()) {
+        Ok(()) => hooks.push(HookStatus { name: send, available: true, reason: None }),
+        Err(e) => {
+            log::warn!("{e}; 5xx detection is off");
+            disabled.push(("http_status_sniffing".into(), e.to_string()));
+            hooks.push(HookStatus { name: send, available: false, reason: Some(e.to_string()) });
+        }
+    }
+    Ok(Loaded {
+        ebpf,
+        hooks,
+        disabled,
+        rst_names,
+        config,
+        startup_ms: started.elapsed().as_millis() as u64,
+    })
+}
+
+fn attach_tracepoint(ebpf: &mut Ebpf, prog: &str, group: &str, event: &str) -> Result<(), LoadError> {
+    let what = format!("tracepoint {group}:{event}");
+    let p: &mut TracePoint = ebpf
+        .program_mut(prog)
+        .ok_or_else(|| LoadError::Program {
+            what: what.clone(),
+            source: aya::programs::ProgramError::UnexpectedProgramType,
+        })?
+        .try_into()
+        .map_err(|source| LoadError::Program { what: what.clone(), source })?;
+    p.load().map_err(|source| LoadError::Program { what: what.clone(), source })?;
+    p.attach(group, event).map_err(|source| LoadError::Program { what, source })?;
+    Ok(())
+}
+
+fn attach_send(ebpf: &mut Ebpf, btf: Option<&aya::Btf>) -> Result<(), LoadError> {
+    let what = "BTF tracepoint tcp_sendmsg_locked".to_string();
+    let err = |source| LoadError::Program { what: what.clone(), source };
+    let btf = btf.ok_or_else(|| err(aya::programs::ProgramError::UnexpectedProgramType))?;
+    let p: &mut BtfTracePoint = ebpf
+        .program_mut("tcp_sendmsg_locked")
+        .ok_or_else(|| err(aya::programs::ProgramError::UnexpectedProgramType))?
+        .try_into()
+        .map_err(err)?;
+    p.load("tcp_sendmsg_locked", btf).map_err(err)?;
+    p.attach().map_err(err)?;
+    Ok(())
+}
+
+fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> LoadError {
+    move |source| LoadError::Map { name, source }
+}
+
+fn fill_filters(ebpf: &mut Ebpf, opts: &LoadOptions) -> Result<(), LoadError> {
+    let map = ebpf.map_mut(MAP_PORTS).ok_or(LoadError::Map {
+        name: MAP_PORTS,
+        source: aya::maps::MapError::InvalidName { name: MAP_PORTS.into() },
+    })?;
+    let mut ports: BpfHashMap<_, u16, u8> = BpfHashMap::try_from(map).map_err(map_err(MAP_PORTS))?;
+    for p in &opts.ports {
+        ports.insert(p, 1, 0).map_err(map_err(MAP_PORTS))?;
+    }
+    if let Some(ns) = &opts.netns {
+        set_netns(ebpf, ns)?;
+    }
+    Ok(())
+}
+
+/// Replaces the set of traced network namespaces (pods come and go).
+pub fn set_netns(ebpf: &mut Ebpf, inodes: &[u32]) -> Result<(), LoadError> {
+    let map = ebpf.map_mut(MAP_NETNS).ok_or(LoadError::Map {
+        name: MAP_NETNS,
+        source: aya::maps::MapError::InvalidName { name: MAP_NETNS.into() },
+    })?;
+    let mut set: BpfHashMap<_, u32, u8> = BpfHashMap::try_from(map).map_err(map_err(MAP_NETNS))?;
+    let old: Vec<u32> = set.keys().filter_map(Result::ok).collect();
+    for k in old.iter().filter(|k| !inodes.contains(k)) {
+        let _ = set.remove(k);
+    }
+    for k in inodes {
+        set.insert(k, 1, 0).map_err(map_err(MAP_NETNS))?;
+    }
+    Ok(())
+}
+
+/// The ring buffer, taken out of the object for the reader.
+pub fn take_ring(ebpf: &mut Ebpf) -> Result<RingBuf<MapData>, LoadError> {
+    let map = ebpf.take_map(MAP_EVENTS).ok_or(LoadError::Map {
+        name: MAP_EVENTS,
+        source: aya::maps::MapError::InvalidName { name: MAP_EVENTS.into() },
+    })?;
+    RingBuf::try_from(map).map_err(map_err(MAP_EVENTS))
+}
+
+/// Kernel counters summed over CPUs, indexed by `tracer_common::C_*`.
+pub fn counters(ebpf: &Ebpf) -> Vec<u64> {
+    let Some(map) = ebpf.map(MAP_COUNTERS) else {
+        return vec![0; N_COUNTERS as usize];
+    };
+    let Ok(arr) = PerCpuArray::<_, u64>::try_from(map) else {
+        return vec![0; N_COUNTERS as usize];
+    };
+    (0..N_COUNTERS)
+        .map(|i| arr.get(&i, 0).map(|v| v.iter().sum()).unwrap_or(0))
+        .collect()
+}
+
+/// Variant names of `enum sk_rst_reason` (include/net/rstreason.h, 6.10+).
+/// Their values differ across kernels, so each is looked up in BTF.
+const RST_REASONS: &[&str] = &[
+    "NOT_SPECIFIED",
+    "NO_SOCKET",
+    "TCP_INVALID_ACK_SEQUENCE",
+    "TCP_RFC7323_PAWS",
+    "TCP_TOO_OLD_ACK",
+    "TCP_ACK_UNSENT_DATA",
+    "TCP_FLAGS",
+    "TCP_OLD_ACK",
+    "TCP_ABORT_ON_DATA",
+    "TCP_TIMEWAIT_SOCKET",
+    "INVALID_SYN",
+    "TCP_ABORT_ON_CLOSE",
+    "TCP_ABORT_ON_LINGER",
+    "TCP_ABORT_ON_MEMORY",
+    "TCP_STATE",
+    "TCP_KEEPALIVE_TIMEOUT",
+    "TCP_DISCONNECT_WITH_DATA",
+    "MPTCP_RST_EUNSPEC",
+    "MPTCP_RST_EMPTCP",
+    "MPTCP_RST_ERESOURCE",
+    "MPTCP_RST_EPROHIBIT",
+    "MPTCP_RST_EWQ2BIG",
+    "MPTCP_RST_EBADPERF",
+    "MPTCP_RST_EMIDDLEBOX",
+    "ERROR",
+];
+
+/// `enum sk_rst_reason` names by value, from this kernel's BTF; empty on
+/// kernels without RST reasons.
+fn rst_names(btf: &Btf) -> RstNames {
+    let names = RST_REASONS
+        .iter()
+        .filter_map(|n| {
+            let v = btf.enum_value("sk_rst_reason", &format!("SK_RST_REASON_{n}")).ok()?;
+            Some((u32::try_from(v).ok()?, n.to_string()))
+        })
+        .collect();
+    RstNames(names)
+}
+
+/// The inode of a network-namespace file (`/run/netns/X`, `/proc/PID/ns/net`).
+pub fn netns_inode(path: &Path) -> std::io::Result<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let md = std::fs::metadata(path)?;
+    Ok(md.ino() as u32)
+}
