@@ -170,6 +170,10 @@ pub struct Config {
     pub sr_state: u32,
     /// `reason` (kernel 6.10+), else ABSENT.
     pub sr_reason: u32,
+    /// `saddr`/`daddr` as `struct sockaddr_in6`-sized buffers holding a
+    /// sockaddr_in or sockaddr_in6, local end first (6.10+), else ABSENT.
+    pub sr_saddr: u32,
+    pub sr_daddr: u32,
 
     // tcp:tcp_receive_reset
     pub rr_skaddr: u32,
@@ -198,6 +202,9 @@ pub struct Config {
     pub sk_rcv_saddr: u32,
     pub sk_dport: u32,
     pub sk_num: u32,
+    /// `struct inet_sock.inet_sport`: unlike `skc_num`, which
+    /// `inet_put_port()` zeroes when the socket closes, it survives to the end.
+    pub sk_inet_sport: u32,
     pub sk_family: u32,
     pub sk_v6_daddr: u32,
     pub sk_v6_rcv_saddr: u32,
@@ -250,6 +257,8 @@ impl Config {
             sr_skaddr: ABSENT,
             sr_state: ABSENT,
             sr_reason: ABSENT,
+            sr_saddr: ABSENT,
+            sr_daddr: ABSENT,
             rr_skaddr: ABSENT,
             ds_skaddr: ABSENT,
             er_error: ABSENT,
@@ -270,6 +279,7 @@ impl Config {
             sk_rcv_saddr: ABSENT,
             sk_dport: ABSENT,
             sk_num: ABSENT,
+            sk_inet_sport: ABSENT,
             sk_family: ABSENT,
             sk_v6_daddr: ABSENT,
             sk_v6_rcv_saddr: ABSENT,
@@ -292,7 +302,7 @@ impl Config {
     }
 }
 
-const _: () = assert!(size_of::<Config>() == 59 * 4);
+const _: () = assert!(size_of::<Config>() == 62 * 4);
 
 /// Per-socket state the kernel keeps in the `SOCKS` LRU map, keyed by the
 /// socket's kernel address.

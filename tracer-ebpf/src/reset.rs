@@ -7,8 +7,8 @@ use tracer_common::*;
 use crate::{
     conf,
     sock::{
-        count, header, kread, lookup_or_midlife, netns_of, now_ns, passes, reported, tpread,
-        tuple_of,
+        count, header, kread, local_port, lookup_or_midlife, netns_of, now_ns, passes, reported,
+        tp_sockaddr, tpread, tuple_of,
     },
     state::BPF_RB_NO_WAKEUP,
     EVENTS, SOCKS,
@@ -27,7 +27,7 @@ fn try_receive_reset(ctx: &TracePointContext) -> Result<i64, i64> {
     if sk == 0 {
         return Ok(0);
     }
-    let lport: u16 = kread(sk, conf!(sk_num)).unwrap_or(0);
+    let lport = local_port(sk);
     let rport = u16::from_be(kread::<u16>(sk, conf!(sk_dport)).unwrap_or(0));
     let now = now_ns();
     let Some(st) = lookup_or_midlife(sk, lport, rport, now) else {
@@ -79,7 +79,16 @@ fn try_send_reset(ctx: &TracePointContext) -> Result<i64, i64> {
     }
     // Already reported, destroyed, or a time-wait socket: a separate record,
     // joined in userspace by socket address and then by addresses.
-    let tuple = tuple_of(sk);
+    let mut tuple = tuple_of(sk);
+    if conf!(sr_saddr) != ABSENT && conf!(sr_daddr) != ABSENT {
+        let (family, sport) = tp_sockaddr(ctx, conf!(sr_saddr), &mut tuple.saddr);
+        let (_, dport) = tp_sockaddr(ctx, conf!(sr_daddr), &mut tuple.daddr);
+        if family != 0 {
+            tuple.family = family;
+            tuple.sport = sport;
+            tuple.dport = dport;
+        }
+    }
     let netns = netns_of(sk);
     if !passes(netns, tuple.sport, tuple.dport) {
         return Ok(0);

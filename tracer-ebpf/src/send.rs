@@ -38,7 +38,7 @@ fn try_send(ctx: &BtfTracePointContext) -> Result<i64, i64> {
             st
         }
         None => {
-            let lport: u16 = kread(sk, conf!(sk_num)).unwrap_or(0);
+            let lport = crate::sock::local_port(sk);
             let rport = u16::from_be(kread::<u16>(sk, conf!(sk_dport)).unwrap_or(0));
             match lookup_or_midlife(sk, lport, rport, now) {
                 Some(st) => st,

@@ -116,7 +116,7 @@ pub fn tuple_of(sk: u64) -> Tuple {
     let mut t = Tuple {
         saddr: [0; 16],
         daddr: [0; 16],
-        sport: kread::<u16>(sk, conf!(sk_num)).unwrap_or(0),
+        sport: local_port(sk),
         dport: u16::from_be(kread::<u16>(sk, conf!(sk_dport)).unwrap_or(0)),
         family: kread::<u16>(sk, conf!(sk_family)).unwrap_or(0),
         _pad: 0,
@@ -131,6 +131,31 @@ pub fn tuple_of(sk: u64) -> Tuple {
         t.daddr[..4].copy_from_slice(&d);
     }
     t
+}
+
+/// The local port, also after close (see `Config::sk_inet_sport`).
+#[inline(always)]
+pub fn local_port(sk: u64) -> u16 {
+    match kread::<u16>(sk, conf!(sk_inet_sport)) {
+        Ok(p) if p != 0 => u16::from_be(p),
+        _ => kread::<u16>(sk, conf!(sk_num)).unwrap_or(0),
+    }
+}
+
+/// Reads a `struct sockaddr_in`/`sockaddr_in6` kept in a tracepoint record
+/// (include/trace/events/net_probe_common.h `TP_STORE_ADDR_PORTS`):
+/// family at 0, port (network order) at 2, IPv4 address at 4, IPv6 at 8.
+#[inline(always)]
+pub fn tp_sockaddr(ctx: &TracePointContext, off: u32, addr: &mut [u8; 16]) -> (u16, u16) {
+    let family: u16 = tpread(ctx, off).unwrap_or(0);
+    let port = u16::from_be(tpread::<u16>(ctx, off.wrapping_add(2)).unwrap_or(0));
+    if family == AF_INET6 {
+        *addr = tpread(ctx, off.wrapping_add(8)).unwrap_or([0; 16]);
+    } else {
+        let a: [u8; 4] = tpread(ctx, off.wrapping_add(4)).unwrap_or([0; 4]);
+        addr[..4].copy_from_slice(&a);
+    }
+    (family, port)
 }
 
 /// Current jiffies, truncated like `tcp_jiffies32` (include/net/tcp.h).

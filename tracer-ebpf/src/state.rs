@@ -41,6 +41,10 @@ fn try_set_state(ctx: &TracePointContext) -> Result<i64, i64> {
         TCP_LISTEN => return on_listen(sk, sport),
         _ => {}
     }
+    if old == TCP_LISTEN {
+        // A listener closing is not a connection.
+        return Ok(0);
+    }
 
     let st = if old == TCP_ESTABLISHED || new == TCP_CLOSE {
         match lookup_or_midlife(sk, sport, dport, now) {
@@ -65,7 +69,7 @@ fn try_set_state(ctx: &TracePointContext) -> Result<i64, i64> {
     let id = aya_ebpf::helpers::bpf_get_current_pid_tgid();
     let tid = id as u32;
 
-    if s.close_start_ns == 0 && (old == TCP_ESTABLISHED || old == TCP_SYN_RECV) {
+    if s.close_start_ns == 0 && (old == TCP_ESTABLISHED || (old == TCP_SYN_RECV && new == TCP_CLOSE)) {
         // The close begins here: who went first, and how idle was it.
         s.close_start_ns = now;
         s.close_from = old;

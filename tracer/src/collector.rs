@@ -163,7 +163,10 @@ pub fn run(cli: Cli, filters: Filters, mut loaded: Loaded, mut out: Output) -> a
         while let Some(item) = ring.next() {
             stats.records += 1;
             match decode(&item) {
-                Ok(ev) => engine.ingest(ev),
+                Ok(ev) => {
+                    log::trace!("{ev:?}");
+                    engine.ingest(ev);
+                }
                 Err(e) => {
                     stats.decode_errors += 1;
                     log::warn!("dropping a malformed kernel record: {e}");

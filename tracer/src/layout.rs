@@ -13,7 +13,10 @@
 
 #![cfg_attr(
     not(test),
-    expect(dead_code, reason = "the loader (not yet written) is the consumer")
+    expect(
+        dead_code,
+        reason = "parts of the API (Field::is_common, ...) are used only by tests so far"
+    )
 )]
 
 use std::io::Read as _;
@@ -37,6 +40,7 @@ pub enum LayoutError {
         #[source]
         source: std::io::Error,
     },
+    /// `line` is 1-based; 0 means the text as a whole (e.g. no `ID:` line).
     #[error("format text line {line}: {reason}")]
     Malformed { line: usize, reason: String },
     #[error("{path} line {line}: {reason}")]
@@ -389,6 +393,8 @@ const U16: &[u32] = &[2];
 const PROTO: &[u32] = &[1, 2];
 const V4: &[u32] = &[4];
 const V6: &[u32] = &[16];
+/// `__u8 saddr[sizeof(struct sockaddr_in6)]`.
+const SOCKADDR: &[u32] = &[28];
 
 const fn need(field: &'static str, sizes: &'static [u32], slot: Slot) -> Want {
     Want {
@@ -458,6 +464,8 @@ const SEND_RESET: &[Want] = &[
     need("skaddr", PTR, |c| &mut c.sr_skaddr),
     maybe("state", INT, |c| &mut c.sr_state),
     maybe("reason", INT, |c| &mut c.sr_reason),
+    maybe("saddr", SOCKADDR, |c| &mut c.sr_saddr),
+    maybe("daddr", SOCKADDR, |c| &mut c.sr_daddr),
 ];
 
 /// include/trace/events/tcp.h, `tcp_event_sk` class, since v4.15.
@@ -600,6 +608,9 @@ const REQUIRED_MEMBERS: &[Member] = &[
         &mut c.sk_dport
     }),
     member("sock", "__sk_common.skc_num", Some(2), |c| &mut c.sk_num),
+    // include/net/inet_sock.h `__be16 inet_sport`: still set after close,
+    // when inet_put_port() has zeroed skc_num (net/ipv4/inet_hashtables.c).
+    member("inet_sock", "inet_sport", Some(2), |c| &mut c.sk_inet_sport),
     member("sock", "__sk_common.skc_family", Some(2), |c| {
         &mut c.sk_family
     }),

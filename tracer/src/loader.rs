@@ -137,6 +137,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
     };
     config.sniff_http = !disabled.iter().any(|(f, _)| f == "http_status_sniffing") as u32;
     let rst_names = rst_names(&btf);
+    log::debug!("load-time config: {config:?}; {} RST reason names", rst_names.0.len());
 
     let aya_btf = aya::Btf::from_sys_fs().ok();
     let mut ebpf = EbpfLoader::new()

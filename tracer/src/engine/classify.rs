@@ -177,7 +177,7 @@ pub fn upstream_verdict(
     if fin_before_request || (reused_idle && quick && backend.is_none()) {
         return (Cause::BackendClosedIdleKeepalive, ClosedBy::Backend, how);
     }
-    if up.has(F_INFLIGHT_AT_CLOSE) || (up.has(F_RST_RECEIVED) && s.messages > 0) {
+    if up.has(F_INFLIGHT_AT_CLOSE) {
         if up.has(F_RST_RECEIVED) {
             return (Cause::BackendReset, ClosedBy::Backend, How::Rst);
         }
