@@ -385,6 +385,9 @@ struct Want {
     slot: Slot,
     /// Also record the field's size here (`protocol` is 1 or 2 bytes).
     size_slot: Option<Slot>,
+    /// A field of another size is an older layout of the same name: leave it
+    /// absent rather than disable the hook.
+    other_size_is_absent: bool,
 }
 
 const PTR: &[u32] = &[8];
@@ -403,6 +406,7 @@ const fn need(field: &'static str, sizes: &'static [u32], slot: Slot) -> Want {
         required: true,
         slot,
         size_slot: None,
+        other_size_is_absent: false,
     }
 }
 
@@ -413,6 +417,7 @@ const fn maybe(field: &'static str, sizes: &'static [u32], slot: Slot) -> Want {
         required: false,
         slot,
         size_slot: None,
+        other_size_is_absent: false,
     }
 }
 
@@ -423,6 +428,20 @@ const fn sized(field: &'static str, sizes: &'static [u32], slot: Slot, size_slot
         required: true,
         slot,
         size_slot: Some(size_slot),
+        other_size_is_absent: false,
+    }
+}
+
+/// Optional, and only at these sizes: before 6.10 `tcp_send_reset` had
+/// 4-byte `saddr`/`daddr` (IPv4 addresses), not sockaddr buffers.
+const fn only_sized(field: &'static str, sizes: &'static [u32], slot: Slot) -> Want {
+    Want {
+        field,
+        sizes,
+        required: false,
+        slot,
+        size_slot: None,
+        other_size_is_absent: true,
     }
 }
 
@@ -464,8 +483,8 @@ const SEND_RESET: &[Want] = &[
     need("skaddr", PTR, |c| &mut c.sr_skaddr),
     maybe("state", INT, |c| &mut c.sr_state),
     maybe("reason", INT, |c| &mut c.sr_reason),
-    maybe("saddr", SOCKADDR, |c| &mut c.sr_saddr),
-    maybe("daddr", SOCKADDR, |c| &mut c.sr_daddr),
+    only_sized("saddr", SOCKADDR, |c| &mut c.sr_saddr),
+    only_sized("daddr", SOCKADDR, |c| &mut c.sr_daddr),
 ];
 
 /// include/trace/events/tcp.h, `tcp_event_sk` class, since v4.15.
@@ -539,6 +558,7 @@ fn apply_hook(config: &mut Config, hook: &Hook, format: &Format) -> Result<(), L
                 })
             }
             None => {}
+            Some(f) if !want.sizes.contains(&f.size) && want.other_size_is_absent => {}
             Some(f) if !want.sizes.contains(&f.size) => {
                 return Err(LayoutError::FieldSize {
                     event,
@@ -1049,6 +1069,7 @@ mod tests {
             &[("__sk_common", sock_common, 0), ("sk_err", int, 2240)],
         );
         let ack = b.struct_("", 24, &[("pending", u8_, 0), ("lrcvtime", u32_, 96)]);
+        b.struct_("inet_sock", 1000, &[("inet_sport", u16_, 7040)]);
         b.struct_("inet_connection_sock", 1400, &[("icsk_ack", ack, 9600)]);
         let mut tcp = vec![
             ("rcv_nxt", u32_, 13056),
