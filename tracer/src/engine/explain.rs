@@ -19,6 +19,9 @@ pub fn conn_idle_ms(f: &Facts) -> Option<u64> {
 /// request that failed (the keep-alive race), else before its close began.
 pub fn request_idle_ms(up: &Facts, backend: Option<&Facts>) -> Option<u64> {
     let s = &up.conn.state;
+    if up.has(tracer_common::F_CONNECT_FAILED) {
+        return None;
+    }
     if s.messages >= 2 {
         return Some(s.idle_before_msg_ms as u64);
     }
@@ -174,14 +177,21 @@ pub fn timeline(h: &Http5xx, up: Option<&Facts>, backend: Option<&Facts>) -> Vec
         if u.has(F_PEER_FIN_FIRST) {
             push(s.close_start_ns, "backend", "FIN received by the proxy".into());
         }
-        if u.has(F_RST_RECEIVED) {
-            push(s.rst_ns, "backend", "RST received by the proxy".into());
-        }
-        if u.has(tracer_common::F_LOCAL_CLOSE_FIRST) {
-            push(s.close_start_ns, "proxy", "proxy closed the upstream connection".into());
-        }
-        if u.has(tracer_common::F_CONNECT_FAILED) && !u.has(tracer_common::F_LOCAL_CLOSE_FIRST) {
-            push(s.close_start_ns, "backend", "connect failed".into());
+        if u.has(tracer_common::F_CONNECT_FAILED) {
+            if u.refused() {
+                push(s.close_start_ns, "backend", "SYN answered with RST: connection refused".into());
+            } else if u.has(tracer_common::F_LOCAL_CLOSE_FIRST) {
+                push(s.close_start_ns, "proxy", "proxy gave up connecting (no SYN-ACK)".into());
+            } else {
+                push(s.close_start_ns, "proxy", "kernel gave up connecting (SYN retries exhausted)".into());
+            }
+        } else {
+            if u.has(F_RST_RECEIVED) {
+                push(s.rst_ns, "backend", "RST received by the proxy".into());
+            }
+            if u.has(tracer_common::F_LOCAL_CLOSE_FIRST) {
+                push(s.close_start_ns, "proxy", "proxy closed the upstream connection".into());
+            }
         }
     }
     push(t0, "proxy", format!("{} written to client {}", h.status, fmt_addr(h.ends.remote)));
