@@ -21,7 +21,7 @@ pub fn tcp_destroy_sock(ctx: TracePointContext) -> u32 {
 fn try_destroy(ctx: &TracePointContext) -> Result<i64, i64> {
     count(C_DESTROY_SEEN);
     let sk: u64 = tpread(ctx, conf!(ds_skaddr))?;
-    let Some(st) = SOCKS.get_ptr_mut(&sk) else {
+    let Some(st) = SOCKS.get_ptr_mut(sk) else {
         return Ok(0);
     };
     // SAFETY: map value pointer.
@@ -37,7 +37,7 @@ fn try_destroy(ctx: &TracePointContext) -> Result<i64, i64> {
             *t = tuple_of(sk)
         });
     }
-    let _ = SOCKS.remove(&sk);
+    let _ = SOCKS.remove(sk);
     Ok(0)
 }
 
@@ -58,8 +58,8 @@ fn try_error(ctx: &TracePointContext) -> Result<i64, i64> {
     // No socket pointer in this tracepoint: ports only; userspace joins it
     // to a reported connection by addresses and drops the rest.
     if conf!(filter_ports) != 0
-        && unsafe { PORTS.get(&sport) }.is_none()
-        && unsafe { PORTS.get(&dport) }.is_none()
+        && unsafe { PORTS.get(sport) }.is_none()
+        && unsafe { PORTS.get(dport) }.is_none()
     {
         return Ok(0);
     }

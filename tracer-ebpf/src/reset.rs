@@ -62,7 +62,7 @@ fn try_send_reset(ctx: &TracePointContext) -> Result<i64, i64> {
         Err(_) => 0,
     };
     let now = now_ns();
-    if let Some(st) = SOCKS.get_ptr_mut(&sk) {
+    if let Some(st) = SOCKS.get_ptr_mut(sk) {
         // SAFETY: map value pointer.
         let s = unsafe { &mut *st };
         if s.flags & F_IGNORED != 0 {

@@ -29,7 +29,7 @@ fn try_send(ctx: &BtfTracePointContext) -> Result<i64, i64> {
     let sk: u64 = ctx.arg(0);
     let msg: u64 = ctx.arg(1);
     let now = now_ns();
-    let st = match crate::SOCKS.get_ptr_mut(&sk) {
+    let st = match crate::SOCKS.get_ptr_mut(sk) {
         Some(st) => {
             // SAFETY: map value pointer.
             if unsafe { (*st).flags } & F_IGNORED != 0 {

@@ -67,13 +67,13 @@ pub fn netns_of(sk: u64) -> u32 {
 /// Whether a socket with these ports in this namespace is of interest.
 #[inline(always)]
 pub fn passes(netns: u32, lport: u16, rport: u16) -> bool {
-    if conf!(filter_netns) != 0 && unsafe { NETNS.get(&netns) }.is_none() {
+    if conf!(filter_netns) != 0 && unsafe { NETNS.get(netns) }.is_none() {
         count(C_FILTERED);
         return false;
     }
     if conf!(filter_ports) != 0
-        && unsafe { PORTS.get(&lport) }.is_none()
-        && unsafe { PORTS.get(&rport) }.is_none()
+        && unsafe { PORTS.get(lport) }.is_none()
+        && unsafe { PORTS.get(rport) }.is_none()
     {
         count(C_FILTERED);
         return false;
@@ -216,11 +216,11 @@ pub fn fresh_state(now: u64, netns: u32, flags: u32) -> SockState {
 /// Inserts a state, counting a full map as loss.
 #[inline(always)]
 pub fn insert(sk: u64, st: &SockState) -> Option<*mut SockState> {
-    if SOCKS.insert(&sk, st, 0).is_err() {
+    if SOCKS.insert(sk, st, 0).is_err() {
         count(C_LOST_MAP_FULL);
         return None;
     }
-    SOCKS.get_ptr_mut(&sk)
+    SOCKS.get_ptr_mut(sk)
 }
 
 pub use tracer_common::F_IGNORED;
@@ -230,7 +230,7 @@ pub use tracer_common::F_IGNORED;
 /// filters exclude.
 #[inline(always)]
 pub fn lookup_or_midlife(sk: u64, lport: u16, rport: u16, now: u64) -> Option<*mut SockState> {
-    if let Some(st) = SOCKS.get_ptr_mut(&sk) {
+    if let Some(st) = SOCKS.get_ptr_mut(sk) {
         // SAFETY: map value pointer, valid for this program run.
         if unsafe { (*st).flags } & F_IGNORED != 0 {
             return None;

@@ -51,13 +51,13 @@ fn try_set_state(ctx: &TracePointContext) -> Result<i64, i64> {
             Some(st) => st,
             None => {
                 if new == TCP_CLOSE {
-                    let _ = SOCKS.remove(&sk);
+                    let _ = SOCKS.remove(sk);
                 }
                 return Ok(0);
             }
         }
     } else {
-        match SOCKS.get_ptr_mut(&sk) {
+        match SOCKS.get_ptr_mut(sk) {
             // SAFETY: map value pointer.
             Some(st) if unsafe { (*st).flags } & F_IGNORED == 0 => st,
             _ => return Ok(0),
@@ -69,7 +69,9 @@ fn try_set_state(ctx: &TracePointContext) -> Result<i64, i64> {
     let id = aya_ebpf::helpers::bpf_get_current_pid_tgid();
     let tid = id as u32;
 
-    if s.close_start_ns == 0 && (old == TCP_ESTABLISHED || (old == TCP_SYN_RECV && new == TCP_CLOSE)) {
+    if s.close_start_ns == 0
+        && (old == TCP_ESTABLISHED || (old == TCP_SYN_RECV && new == TCP_CLOSE))
+    {
         // The close begins here: who went first, and how idle was it.
         s.close_start_ns = now;
         s.close_from = old;
@@ -193,7 +195,7 @@ fn on_close(ctx: &TracePointContext, sk: u64, st: *mut SockState, now: u64) {
         s.flags |= F_REPORTED;
         emit_conn(KIND_CLOSE, sk, s, ctx, now, false);
     } else {
-        let _ = SOCKS.remove(&sk);
+        let _ = SOCKS.remove(sk);
     }
 }
 
@@ -309,7 +311,7 @@ fn on_accept_birth(sk: u64, sport: u16, dport: u16, now: u64) -> Result<i64, i64
         port: sport,
         _pad: 0,
     };
-    if let Some(owner) = unsafe { LISTENERS.get(&key) } {
+    if let Some(owner) = unsafe { LISTENERS.get(key) } {
         st.owner_tgid = owner.tgid;
         st.owner_tid = owner.tid;
         st.comm = owner.comm;
@@ -337,6 +339,6 @@ fn on_listen(sk: u64, sport: u16) -> Result<i64, i64> {
         port: sport,
         _pad: 0,
     };
-    let _ = LISTENERS.insert(&key, &owner, 0);
+    let _ = LISTENERS.insert(key, owner, 0);
     Ok(0)
 }

@@ -80,7 +80,16 @@ mod tests {
     #[test]
     fn parses_repeatable_filters() {
         let c = Cli::try_parse_from([
-            "tracer", "--port", "80", "--port", "8080", "--pod", "shop/api-1", "--all", "--duration", "3",
+            "tracer",
+            "--port",
+            "80",
+            "--port",
+            "8080",
+            "--pod",
+            "shop/api-1",
+            "--all",
+            "--duration",
+            "3",
         ])
         .unwrap();
         assert_eq!(c.ports, vec![80, 8080]);

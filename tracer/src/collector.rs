@@ -87,7 +87,15 @@ impl Filters {
                 index = PodIndex::build(&all, resolver.host_netns());
             }
         }
-        Ok(Self { netns, pods_wanted: cli.pods.clone(), pod_netns, pod_pids, host_netns, resolver, index })
+        Ok(Self {
+            netns,
+            pods_wanted: cli.pods.clone(),
+            pod_netns,
+            pod_pids,
+            host_netns,
+            resolver,
+            index,
+        })
     }
 
     /// The kernel's namespace filter, or `None` for no filter.
@@ -145,7 +153,11 @@ pub fn run(cli: Cli, filters: Filters, mut loaded: Loaded, mut out: Output) -> a
     let pod_updates: Option<Receiver<PodUpdate>> = if !filters.pods_wanted.is_empty()
         || filters.resolver.root().join("var/log/pods").is_dir()
     {
-        Some(pods::spawn_watcher(filters.resolver.clone(), filters.pods_wanted.clone(), POD_RESCAN)?)
+        Some(pods::spawn_watcher(
+            filters.resolver.clone(),
+            filters.pods_wanted.clone(),
+            POD_RESCAN,
+        )?)
     } else {
         None
     };
@@ -159,7 +171,8 @@ pub fn run(cli: Cli, filters: Filters, mut loaded: Loaded, mut out: Output) -> a
     let mut next_stats = started + stats_every;
     let mut stats = Stats::default();
     loop {
-        let stopping = stop.load(Ordering::Relaxed) || deadline.is_some_and(|d| Instant::now() >= d);
+        let stopping =
+            stop.load(Ordering::Relaxed) || deadline.is_some_and(|d| Instant::now() >= d);
         while let Some(item) = ring.next() {
             stats.records += 1;
             match decode(&item) {
@@ -173,7 +186,11 @@ pub fn run(cli: Cli, filters: Filters, mut loaded: Loaded, mut out: Output) -> a
                 }
             }
         }
-        let reports = if stopping { engine.finish() } else { engine.tick(monotonic_ns()) };
+        let reports = if stopping {
+            engine.finish()
+        } else {
+            engine.tick(monotonic_ns())
+        };
         for mut r in reports {
             annotate(&mut r, &index);
             out.report(&r)?;
@@ -213,7 +230,10 @@ fn annotate(r: &mut Report, index: &PodIndex) {
         Report::BadGateway(b) => {
             b.proxy.pod = index.attribute(b.netns as u64, b.proxy.pid).cloned();
             if let Some(u) = &mut b.upstream {
-                u.pod = u.backend_netns.and_then(|n| index.by_netns(n as u64)).cloned();
+                u.pod = u
+                    .backend_netns
+                    .and_then(|n| index.by_netns(n as u64))
+                    .cloned();
             }
         }
     }
@@ -226,14 +246,22 @@ struct Stats {
     last_lost: u64,
 }
 
-fn write_start(out: &mut Output, cli: &Cli, filters: &Filters, loaded: &Loaded) -> anyhow::Result<()> {
+fn write_start(
+    out: &mut Output,
+    cli: &Cli,
+    filters: &Filters,
+    loaded: &Loaded,
+) -> anyhow::Result<()> {
     let hooks: Vec<_> = loaded
         .hooks
         .iter()
         .map(|h| json!({"name": h.name, "attached": h.available, "reason": h.reason}))
         .collect();
-    let disabled: Vec<_> =
-        loaded.disabled.iter().map(|(f, r)| json!({"feature": f, "reason": r})).collect();
+    let disabled: Vec<_> = loaded
+        .disabled
+        .iter()
+        .map(|(f, r)| json!({"feature": f, "reason": r}))
+        .collect();
     let body = json!({
         "version": env!("CARGO_PKG_VERSION"),
         "kernel": crate::kernel_release(),

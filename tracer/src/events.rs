@@ -7,8 +7,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use tracer_common::{
-    ConnRecord, ErrorRecord, Header, HttpRecord, ResetRecord, SockState, Tuple, AF_INET,
-    AF_INET6, COMM_LEN, KIND_CLOSE, KIND_ERROR, KIND_HTTP5XX, KIND_OBSERVE, KIND_RESET,
+    ConnRecord, ErrorRecord, Header, HttpRecord, ResetRecord, SockState, Tuple, AF_INET6, COMM_LEN,
+    KIND_CLOSE, KIND_ERROR, KIND_HTTP5XX, KIND_OBSERVE, KIND_RESET,
 };
 
 /// Why a record could not be decoded.
@@ -41,7 +41,10 @@ pub struct Ends {
 impl Ends {
     /// The same connection seen from the other end.
     pub fn reversed(self) -> Self {
-        Self { local: self.remote, remote: self.local }
+        Self {
+            local: self.remote,
+            remote: self.local,
+        }
     }
 }
 
@@ -102,7 +105,11 @@ pub enum Event {
 fn read<T: Copy>(kind: u8, bytes: &[u8]) -> Result<T, DecodeError> {
     let want = std::mem::size_of::<T>();
     if bytes.len() < want {
-        return Err(DecodeError::Truncated { kind, got: bytes.len(), want });
+        return Err(DecodeError::Truncated {
+            kind,
+            got: bytes.len(),
+            want,
+        });
     }
     // SAFETY: length checked above; T is a plain-old-data wire type; the
     // read does not assume alignment.
@@ -138,7 +145,11 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         }
         KIND_ERROR => {
             let r: ErrorRecord = read(kind, bytes)?;
-            Ok(Event::Error(SockError { meta: meta(&r.hdr), ends: ends(&r.tuple), error: r.error }))
+            Ok(Event::Error(SockError {
+                meta: meta(&r.hdr),
+                ends: ends(&r.tuple),
+                error: r.error,
+            }))
         }
         KIND_HTTP5XX => {
             let r: HttpRecord = read(kind, bytes)?;
@@ -157,7 +168,12 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
 }
 
 fn meta(h: &Header) -> Meta {
-    Meta { ts_ns: h.ts_ns, tid: h.tid, tgid: h.tgid, sk: h.skaddr }
+    Meta {
+        ts_ns: h.ts_ns,
+        tid: h.tid,
+        tgid: h.tgid,
+        sk: h.skaddr,
+    }
 }
 
 fn addr(family: u16, raw: &[u8; 16], port: u16) -> SocketAddr {
@@ -165,15 +181,20 @@ fn addr(family: u16, raw: &[u8; 16], port: u16) -> SocketAddr {
         AF_INET6 => {
             let v6 = Ipv6Addr::from(*raw);
             // IPv4-mapped addresses print as IPv4: that is what a proxy log shows.
-            v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6))
+            v6.to_ipv4_mapped()
+                .map(IpAddr::V4)
+                .unwrap_or(IpAddr::V6(v6))
         }
-        AF_INET | _ => IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3])),
+        _ => IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3])),
     };
     SocketAddr::new(ip, port)
 }
 
 fn ends(t: &Tuple) -> Ends {
-    Ends { local: addr(t.family, &t.saddr, t.sport), remote: addr(t.family, &t.daddr, t.dport) }
+    Ends {
+        local: addr(t.family, &t.saddr, t.sport),
+        remote: addr(t.family, &t.daddr, t.dport),
+    }
 }
 
 /// A kernel `comm` (NUL-padded) as a string.
@@ -185,16 +206,25 @@ pub fn comm(raw: &[u8; COMM_LEN]) -> String {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use tracer_common::*;
+    use tracer_common::AF_INET;
 
     pub fn bytes_of<T>(v: &T) -> Vec<u8> {
         // SAFETY: wire types are plain old data without implicit padding.
-        unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }
-            .to_vec()
+        unsafe {
+            std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>())
+        }
+        .to_vec()
     }
 
     pub fn tuple4(s: [u8; 4], sp: u16, d: [u8; 4], dp: u16) -> Tuple {
-        let mut t = Tuple { saddr: [0; 16], daddr: [0; 16], sport: sp, dport: dp, family: AF_INET, _pad: 0 };
+        let mut t = Tuple {
+            saddr: [0; 16],
+            daddr: [0; 16],
+            sport: sp,
+            dport: dp,
+            family: AF_INET,
+            _pad: 0,
+        };
         t.saddr[..4].copy_from_slice(&s);
         t.daddr[..4].copy_from_slice(&d);
         t
@@ -202,7 +232,15 @@ pub(crate) mod tests {
 
     fn reset_record() -> ResetRecord {
         ResetRecord {
-            hdr: Header { kind: KIND_RESET, _pad: [0; 3], tid: 7, tgid: 7, cpu: 0, ts_ns: 42, skaddr: 0xffff },
+            hdr: Header {
+                kind: KIND_RESET,
+                _pad: [0; 3],
+                tid: 7,
+                tgid: 7,
+                cpu: 0,
+                ts_ns: 42,
+                skaddr: 0xffff,
+            },
             tuple: tuple4([10, 0, 0, 2], 8080, [10, 0, 0, 1], 40000),
             reason_plus1: 3,
             state: 4,
@@ -212,7 +250,9 @@ pub(crate) mod tests {
     #[test]
     fn decodes_reset_with_reason() {
         let ev = decode(&bytes_of(&reset_record())).unwrap();
-        let Event::Reset(r) = ev else { panic!("not a reset: {ev:?}") };
+        let Event::Reset(r) = ev else {
+            panic!("not a reset: {ev:?}")
+        };
         assert_eq!(r.reason, Some(2));
         assert_eq!(r.ends.local.to_string(), "10.0.0.2:8080");
         assert_eq!(r.ends.remote.to_string(), "10.0.0.1:40000");
@@ -223,7 +263,9 @@ pub(crate) mod tests {
     fn reason_zero_means_absent() {
         let mut rec = reset_record();
         rec.reason_plus1 = 0;
-        let Event::Reset(r) = decode(&bytes_of(&rec)).unwrap() else { panic!() };
+        let Event::Reset(r) = decode(&bytes_of(&rec)).unwrap() else {
+            panic!()
+        };
         assert_eq!(r.reason, None);
     }
 
@@ -232,7 +274,11 @@ pub(crate) mod tests {
         let b = bytes_of(&reset_record());
         assert_eq!(
             decode(&b[..b.len() - 1]),
-            Err(DecodeError::Truncated { kind: KIND_RESET, got: b.len() - 1, want: b.len() })
+            Err(DecodeError::Truncated {
+                kind: KIND_RESET,
+                got: b.len() - 1,
+                want: b.len()
+            })
         );
         assert_eq!(decode(&[]), Err(DecodeError::Empty));
     }

@@ -92,10 +92,19 @@ pub fn ensure_tracefs() -> Result<PathBuf, LoadError> {
     let (src, target, fstype) = (c("tracefs"), c(TRACEFS), c("tracefs"));
     // SAFETY: valid NUL-terminated strings; no data argument.
     let rc = unsafe {
-        libc::mount(src.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null())
+        libc::mount(
+            src.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
     };
     if rc != 0 {
-        return Err(LoadError::MountTracefs { path, source: std::io::Error::last_os_error() });
+        return Err(LoadError::MountTracefs {
+            path,
+            source: std::io::Error::last_os_error(),
+        });
     }
     Ok(path)
 }
@@ -118,8 +127,10 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         return Err(LoadError::NoObject);
     }
     let tracefs = ensure_tracefs()?;
-    let btf = Btf::from_file(VMLINUX_BTF)
-        .map_err(|source| LoadError::Btf { path: VMLINUX_BTF.into(), source })?;
+    let btf = Btf::from_file(VMLINUX_BTF).map_err(|source| LoadError::Btf {
+        path: VMLINUX_BTF.into(),
+        source,
+    })?;
     let resolved = layout::build_config(&tracefs, &btf)?;
     let mut config = resolved.config;
     let mut hooks = resolved.hooks;
@@ -137,7 +148,10 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
     };
     config.sniff_http = !disabled.iter().any(|(f, _)| f == "http_status_sniffing") as u32;
     let rst_names = rst_names(&btf);
-    log::debug!("load-time config: {config:?}; {} RST reason names", rst_names.0.len());
+    log::debug!(
+        "load-time config: {config:?}; {} RST reason names",
+        rst_names.0.len()
+    );
 
     let aya_btf = aya::Btf::from_sys_fs().ok();
     let mut ebpf = EbpfLoader::new()
@@ -173,11 +187,19 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
     // counting and the 5xx status line. Optional: without it conn_end works.
     let send = "btf:tcp_sendmsg_locked".to_string();
     match attach_send(&mut ebpf, aya_btf.as_ref()) {
-        Ok(()) => hooks.push(HookStatus { name: send, available: true, reason: None }),
+        Ok(()) => hooks.push(HookStatus {
+            name: send,
+            available: true,
+            reason: None,
+        }),
         Err(e) => {
             log::warn!("{e}; 5xx detection is off");
             disabled.push(("http_status_sniffing".into(), e.to_string()));
-            hooks.push(HookStatus { name: send, available: false, reason: Some(e.to_string()) });
+            hooks.push(HookStatus {
+                name: send,
+                available: false,
+                reason: Some(e.to_string()),
+            });
         }
     }
     Ok(Loaded {
@@ -190,7 +212,12 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
     })
 }
 
-fn attach_tracepoint(ebpf: &mut Ebpf, prog: &str, group: &str, event: &str) -> Result<(), LoadError> {
+fn attach_tracepoint(
+    ebpf: &mut Ebpf,
+    prog: &str,
+    group: &str,
+    event: &str,
+) -> Result<(), LoadError> {
     let what = format!("tracepoint {group}:{event}");
     let p: &mut TracePoint = ebpf
         .program_mut(prog)
@@ -199,15 +226,25 @@ fn attach_tracepoint(ebpf: &mut Ebpf, prog: &str, group: &str, event: &str) -> R
             source: aya::programs::ProgramError::UnexpectedProgramType,
         })?
         .try_into()
-        .map_err(|source| LoadError::Program { what: what.clone(), source })?;
-    p.load().map_err(|source| LoadError::Program { what: what.clone(), source })?;
-    p.attach(group, event).map_err(|source| LoadError::Program { what, source })?;
+        .map_err(|source| LoadError::Program {
+            what: what.clone(),
+            source,
+        })?;
+    p.load().map_err(|source| LoadError::Program {
+        what: what.clone(),
+        source,
+    })?;
+    p.attach(group, event)
+        .map_err(|source| LoadError::Program { what, source })?;
     Ok(())
 }
 
 fn attach_send(ebpf: &mut Ebpf, btf: Option<&aya::Btf>) -> Result<(), LoadError> {
     let what = "BTF tracepoint tcp_sendmsg_locked".to_string();
-    let err = |source| LoadError::Program { what: what.clone(), source };
+    let err = |source| LoadError::Program {
+        what: what.clone(),
+        source,
+    };
     let btf = btf.ok_or_else(|| err(aya::programs::ProgramError::UnexpectedProgramType))?;
     let p: &mut BtfTracePoint = ebpf
         .program_mut("tcp_sendmsg_locked")
@@ -226,9 +263,12 @@ fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> LoadError {
 fn fill_filters(ebpf: &mut Ebpf, opts: &LoadOptions) -> Result<(), LoadError> {
     let map = ebpf.map_mut(MAP_PORTS).ok_or(LoadError::Map {
         name: MAP_PORTS,
-        source: aya::maps::MapError::InvalidName { name: MAP_PORTS.into() },
+        source: aya::maps::MapError::InvalidName {
+            name: MAP_PORTS.into(),
+        },
     })?;
-    let mut ports: BpfHashMap<_, u16, u8> = BpfHashMap::try_from(map).map_err(map_err(MAP_PORTS))?;
+    let mut ports: BpfHashMap<_, u16, u8> =
+        BpfHashMap::try_from(map).map_err(map_err(MAP_PORTS))?;
     for p in &opts.ports {
         ports.insert(p, 1, 0).map_err(map_err(MAP_PORTS))?;
     }
@@ -242,7 +282,9 @@ fn fill_filters(ebpf: &mut Ebpf, opts: &LoadOptions) -> Result<(), LoadError> {
 pub fn set_netns(ebpf: &mut Ebpf, inodes: &[u32]) -> Result<(), LoadError> {
     let map = ebpf.map_mut(MAP_NETNS).ok_or(LoadError::Map {
         name: MAP_NETNS,
-        source: aya::maps::MapError::InvalidName { name: MAP_NETNS.into() },
+        source: aya::maps::MapError::InvalidName {
+            name: MAP_NETNS.into(),
+        },
     })?;
     let mut set: BpfHashMap<_, u32, u8> = BpfHashMap::try_from(map).map_err(map_err(MAP_NETNS))?;
     let old: Vec<u32> = set.keys().filter_map(Result::ok).collect();
@@ -259,7 +301,9 @@ pub fn set_netns(ebpf: &mut Ebpf, inodes: &[u32]) -> Result<(), LoadError> {
 pub fn take_ring(ebpf: &mut Ebpf) -> Result<RingBuf<MapData>, LoadError> {
     let map = ebpf.take_map(MAP_EVENTS).ok_or(LoadError::Map {
         name: MAP_EVENTS,
-        source: aya::maps::MapError::InvalidName { name: MAP_EVENTS.into() },
+        source: aya::maps::MapError::InvalidName {
+            name: MAP_EVENTS.into(),
+        },
     })?;
     RingBuf::try_from(map).map_err(map_err(MAP_EVENTS))
 }
@@ -313,7 +357,9 @@ fn rst_names(btf: &Btf) -> RstNames {
     let names = RST_REASONS
         .iter()
         .filter_map(|n| {
-            let v = btf.enum_value("sk_rst_reason", &format!("SK_RST_REASON_{n}")).ok()?;
+            let v = btf
+                .enum_value("sk_rst_reason", &format!("SK_RST_REASON_{n}"))
+                .ok()?;
             Some((u32::try_from(v).ok()?, n.to_string()))
         })
         .collect();

@@ -47,7 +47,10 @@ trait Code<T> {
 
 impl<T, E: Into<anyhow::Error>> Code<T> for Result<T, E> {
     fn code(self, code: u8) -> Result<T, Failure> {
-        self.map_err(|e| Failure { code, err: e.into() })
+        self.map_err(|e| Failure {
+            code,
+            err: e.into(),
+        })
     }
 }
 
@@ -68,7 +71,9 @@ fn run(cli: cli::Cli) -> Result<(), Failure> {
         netns: filters.kernel_netns(),
         max_conns: cli.max_conns,
     };
-    let loaded = loader::load(&opts).context("cannot start tracing").code(EXIT_FAILURE)?;
+    let loaded = loader::load(&opts)
+        .context("cannot start tracing")
+        .code(EXIT_FAILURE)?;
     collector::run(cli, filters, loaded, out).code(EXIT_FAILURE)
 }
 

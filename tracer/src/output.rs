@@ -22,7 +22,9 @@ impl Clock {
     pub fn now() -> Self {
         let mono = monotonic_ns() as i128;
         let real = realtime_ns() as i128;
-        Self { offset_ns: real - mono }
+        Self {
+            offset_ns: real - mono,
+        }
     }
 
     #[cfg(test)]
@@ -38,7 +40,10 @@ impl Clock {
 }
 
 fn clock_ns(id: libc::clockid_t) -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: valid pointer to a timespec.
     unsafe { libc::clock_gettime(id, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -97,7 +102,13 @@ impl Output {
             Some(p) => Box::new(BufWriter::new(File::create(p)?)),
             None => Box::new(BufWriter::new(io::stdout())),
         };
-        Ok(Self { w, host, clock: Clock::now(), text, lines: 0 })
+        Ok(Self {
+            w,
+            host,
+            clock: Clock::now(),
+            text,
+            lines: 0,
+        })
     }
 
     #[cfg(test)]
@@ -113,7 +124,13 @@ impl Output {
                 Ok(())
             }
         }
-        let out = Self { w: Box::new(Shared(buf.clone())), host: host.into(), clock, text: false, lines: 0 };
+        let out = Self {
+            w: Box::new(Shared(buf.clone())),
+            host: host.into(),
+            clock,
+            text: false,
+            lines: 0,
+        };
         (out, buf)
     }
 
@@ -123,7 +140,12 @@ impl Output {
     }
 
     /// Writes one event object: `ts`, `event` and `host` first, then `body`.
-    pub fn event<T: Serialize>(&mut self, ts_mono_ns: u64, event: &str, body: &T) -> io::Result<()> {
+    pub fn event<T: Serialize>(
+        &mut self,
+        ts_mono_ns: u64,
+        event: &str,
+        body: &T,
+    ) -> io::Result<()> {
         let mut obj = serde_json::Map::new();
         obj.insert("ts".into(), Value::String(self.clock.rfc3339(ts_mono_ns)));
         obj.insert("event".into(), Value::String(event.into()));
@@ -199,7 +221,10 @@ mod tests {
             rfc3339_from_unix_ns(1_795_000_000_123_456_789),
             "2026-11-18T11:06:40.123456789Z"
         );
-        assert_eq!(rfc3339_from_unix_ns(951_782_400_000_000_000), "2000-02-29T00:00:00.000000000Z");
+        assert_eq!(
+            rfc3339_from_unix_ns(951_782_400_000_000_000),
+            "2000-02-29T00:00:00.000000000Z"
+        );
     }
 
     #[test]

@@ -25,7 +25,12 @@ impl Facts {
         let rst_reason = conn.state.rst_reason_plus1.checked_sub(1);
         let error = (conn.sk_err != 0).then_some(conn.sk_err);
         let closed = !conn.observe;
-        Self { conn, closed, rst_reason, error }
+        Self {
+            conn,
+            closed,
+            rst_reason,
+            error,
+        }
     }
 
     pub fn flags(&self) -> u32 {
@@ -58,12 +63,13 @@ impl Facts {
     }
 
     pub fn reason_is(&self, names: &RstNames, want: &str) -> bool {
-        self.rst_reason.and_then(|r| names.name(r)).is_some_and(|n| n == want)
+        self.rst_reason
+            .and_then(|r| names.name(r))
+            .is_some_and(|n| n == want)
     }
 
     pub fn refused(&self) -> bool {
-        self.has(F_CONNECT_FAILED)
-            && (self.has(F_RST_RECEIVED) || self.error == Some(ECONNREFUSED))
+        self.has(F_CONNECT_FAILED) && (self.has(F_RST_RECEIVED) || self.error == Some(ECONNREFUSED))
     }
 
     /// Who ended the connection and how, from this socket's side.
@@ -81,7 +87,11 @@ impl Facts {
             return (Side::Local, How::Rst);
         }
         if self.has(F_LOCAL_CLOSE_FIRST) {
-            let how = if self.has(F_RST_SENT) { How::Rst } else { How::Fin };
+            let how = if self.has(F_RST_SENT) {
+                How::Rst
+            } else {
+                How::Fin
+            };
             return (Side::Local, how);
         }
         if self.has(F_PEER_FIN_FIRST) {
@@ -152,10 +162,18 @@ pub fn upstream_verdict(
         if up.has(F_INFLIGHT_AT_CLOSE) {
             return (Cause::ProxyTimeout, ClosedBy::Proxy, How::Timeout);
         }
-        let how = if up.has(F_RST_SENT) { How::Rst } else { How::Fin };
+        let how = if up.has(F_RST_SENT) {
+            How::Rst
+        } else {
+            How::Fin
+        };
         return (Cause::Unknown, ClosedBy::Proxy, how);
     }
-    let how = if up.has(F_RST_RECEIVED) { How::Rst } else { How::Fin };
+    let how = if up.has(F_RST_RECEIVED) {
+        How::Rst
+    } else {
+        How::Fin
+    };
     if let Some(b) = backend {
         if b.has(F_EXITING_CLOSE) {
             return (Cause::BackendProcessExited, ClosedBy::Backend, how);
@@ -168,10 +186,13 @@ pub fn upstream_verdict(
     }
     // The peer's FIN reached us before this request was even sent, or its
     // RST answered a request on a reused, idle connection at once.
-    let fin_before_request = up.has(F_PEER_FIN_FIRST)
-        && s.close_start_ns != 0
-        && s.close_start_ns <= s.msg_start_ns;
-    let peer_end_ns = if s.rst_ns != 0 { s.rst_ns } else { s.close_start_ns };
+    let fin_before_request =
+        up.has(F_PEER_FIN_FIRST) && s.close_start_ns != 0 && s.close_start_ns <= s.msg_start_ns;
+    let peer_end_ns = if s.rst_ns != 0 {
+        s.rst_ns
+    } else {
+        s.close_start_ns
+    };
     let quick = peer_end_ns >= s.msg_start_ns && peer_end_ns - s.msg_start_ns <= RACE_WINDOW_NS;
     let reused_idle = s.messages >= 2 && s.idle_before_msg_ms > 0;
     if fin_before_request || (reused_idle && quick && backend.is_none()) {
@@ -181,7 +202,11 @@ pub fn upstream_verdict(
         if up.has(F_RST_RECEIVED) {
             return (Cause::BackendReset, ClosedBy::Backend, How::Rst);
         }
-        return (Cause::BackendClosedBeforeResponse, ClosedBy::Backend, How::Fin);
+        return (
+            Cause::BackendClosedBeforeResponse,
+            ClosedBy::Backend,
+            How::Fin,
+        );
     }
     (Cause::Unknown, ClosedBy::Backend, how)
 }

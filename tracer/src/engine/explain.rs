@@ -148,20 +148,38 @@ pub fn timeline(h: &Http5xx, up: Option<&Facts>, backend: Option<&Facts>) -> Vec
     let mut steps = Vec::new();
     let mut push = |ts: u64, side: &'static str, what: String| {
         if ts != 0 {
-            steps.push(Step { t_ms: round(ms_between(t0, ts)), side, what });
+            steps.push(Step {
+                t_ms: round(ms_between(t0, ts)),
+                side,
+                what,
+            });
         }
     };
     if let Some(u) = up {
         let s = &u.conn.state;
         if !u.has(F_MIDLIFE) {
-            push(s.birth_ns, "proxy", format!("connect to {}", fmt_addr(u.conn.ends.remote)));
+            push(
+                s.birth_ns,
+                "proxy",
+                format!("connect to {}", fmt_addr(u.conn.ends.remote)),
+            );
         }
         if s.messages >= 2 && s.idle_before_msg_ms > 0 {
-            let last = s.msg_start_ns.saturating_sub(s.idle_before_msg_ms as u64 * 1_000_000);
-            push(last, "backend", "last activity on the connection (previous response)".into());
+            let last = s
+                .msg_start_ns
+                .saturating_sub(s.idle_before_msg_ms as u64 * 1_000_000);
+            push(
+                last,
+                "backend",
+                "last activity on the connection (previous response)".into(),
+            );
         }
         if s.msg_start_ns != 0 {
-            push(s.msg_start_ns, "proxy", format!("request #{} sent", s.messages));
+            push(
+                s.msg_start_ns,
+                "proxy",
+                format!("request #{} sent", s.messages),
+            );
         }
         if let Some(b) = backend {
             let bs = &b.conn.state;
@@ -175,26 +193,50 @@ pub fn timeline(h: &Http5xx, up: Option<&Facts>, backend: Option<&Facts>) -> Vec
             }
         }
         if u.has(F_PEER_FIN_FIRST) {
-            push(s.close_start_ns, "backend", "FIN received by the proxy".into());
+            push(
+                s.close_start_ns,
+                "backend",
+                "FIN received by the proxy".into(),
+            );
         }
         if u.has(tracer_common::F_CONNECT_FAILED) {
             if u.refused() {
-                push(s.close_start_ns, "backend", "SYN answered with RST: connection refused".into());
+                push(
+                    s.close_start_ns,
+                    "backend",
+                    "SYN answered with RST: connection refused".into(),
+                );
             } else if u.has(tracer_common::F_LOCAL_CLOSE_FIRST) {
-                push(s.close_start_ns, "proxy", "proxy gave up connecting (no SYN-ACK)".into());
+                push(
+                    s.close_start_ns,
+                    "proxy",
+                    "proxy gave up connecting (no SYN-ACK)".into(),
+                );
             } else {
-                push(s.close_start_ns, "proxy", "kernel gave up connecting (SYN retries exhausted)".into());
+                push(
+                    s.close_start_ns,
+                    "proxy",
+                    "kernel gave up connecting (SYN retries exhausted)".into(),
+                );
             }
         } else {
             if u.has(F_RST_RECEIVED) {
                 push(s.rst_ns, "backend", "RST received by the proxy".into());
             }
             if u.has(tracer_common::F_LOCAL_CLOSE_FIRST) {
-                push(s.close_start_ns, "proxy", "proxy closed the upstream connection".into());
+                push(
+                    s.close_start_ns,
+                    "proxy",
+                    "proxy closed the upstream connection".into(),
+                );
             }
         }
     }
-    push(t0, "proxy", format!("{} written to client {}", h.status, fmt_addr(h.ends.remote)));
+    push(
+        t0,
+        "proxy",
+        format!("{} written to client {}", h.status, fmt_addr(h.ends.remote)),
+    );
     steps.sort_by(|a, b| a.t_ms.total_cmp(&b.t_ms));
     steps
 }

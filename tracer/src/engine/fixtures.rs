@@ -9,7 +9,10 @@ use crate::events::{Conn, Ends, Event, Http5xx, Meta, Reset, SockError};
 pub const MS: u64 = 1_000_000;
 
 pub fn ends(local: &str, remote: &str) -> Ends {
-    Ends { local: local.parse::<SocketAddr>().unwrap(), remote: remote.parse::<SocketAddr>().unwrap() }
+    Ends {
+        local: local.parse::<SocketAddr>().unwrap(),
+        remote: remote.parse::<SocketAddr>().unwrap(),
+    }
 }
 
 /// A socket's state, built up step by step.
@@ -24,7 +27,15 @@ pub struct Sock {
 }
 
 impl Sock {
-    pub fn new(sk: u64, local: &str, remote: &str, role: u32, owner: u32, comm: &str, birth_ns: u64) -> Self {
+    pub fn new(
+        sk: u64,
+        local: &str,
+        remote: &str,
+        role: u32,
+        owner: u32,
+        comm: &str,
+        birth_ns: u64,
+    ) -> Self {
         let mut c = [0u8; COMM_LEN];
         c[..comm.len()].copy_from_slice(comm.as_bytes());
         Self {
@@ -93,7 +104,12 @@ impl Sock {
             state.flags |= F_TASK_CTX;
         }
         Event::Conn(Conn {
-            meta: Meta { ts_ns, tid, tgid, sk: self.sk },
+            meta: Meta {
+                ts_ns,
+                tid,
+                tgid,
+                sk: self.sk,
+            },
             observe,
             ends: self.ends,
             state,
@@ -115,18 +131,55 @@ impl Sock {
     }
 
     pub fn late_reset(&self, ts_ns: u64, reason: u32) -> Event {
-        Event::Reset(Reset { meta: Meta { ts_ns, tid: 0, tgid: 0, sk: self.sk }, ends: self.ends, reason: Some(reason), state: 7 })
+        Event::Reset(Reset {
+            meta: Meta {
+                ts_ns,
+                tid: 0,
+                tgid: 0,
+                sk: self.sk,
+            },
+            ends: self.ends,
+            reason: Some(reason),
+            state: 7,
+        })
     }
 
     pub fn error(&self, ts_ns: u64, error: i32) -> Event {
-        Event::Error(SockError { meta: Meta { ts_ns, tid: 0, tgid: 0, sk: 0 }, ends: self.ends, error })
+        Event::Error(SockError {
+            meta: Meta {
+                ts_ns,
+                tid: 0,
+                tgid: 0,
+                sk: 0,
+            },
+            ends: self.ends,
+            error,
+        })
     }
 }
 
 /// A proxy thread writing a 5xx to its client.
-pub fn http(ts_ns: u64, tid: u32, tgid: u32, comm: &str, local: &str, client: &str, status: u16, sk_state: u8) -> Event {
+#[expect(
+    clippy::too_many_arguments,
+    reason = "a test builder mirroring the record's fields"
+)]
+pub fn http(
+    ts_ns: u64,
+    tid: u32,
+    tgid: u32,
+    comm: &str,
+    local: &str,
+    client: &str,
+    status: u16,
+    sk_state: u8,
+) -> Event {
     Event::Http5xx(Http5xx {
-        meta: Meta { ts_ns, tid, tgid, sk: 0xdead },
+        meta: Meta {
+            ts_ns,
+            tid,
+            tgid,
+            sk: 0xdead,
+        },
         ends: ends(local, client),
         status,
         sk_state,

@@ -24,8 +24,20 @@ use crate::events::{Event, Http5xx, Reset, SockError};
 /// Processes whose 5xx are gateway errors even when no upstream failure was
 /// seen (they answered without trying a backend).
 pub const KNOWN_PROXIES: &[&str] = &[
-    "nginx", "haproxy", "envoy", "traefik", "caddy", "httpd", "apache2", "varnishd", "squid",
-    "openresty", "pingora", "kong", "contour", "ingress",
+    "nginx",
+    "haproxy",
+    "envoy",
+    "traefik",
+    "caddy",
+    "httpd",
+    "apache2",
+    "varnishd",
+    "squid",
+    "openresty",
+    "pingora",
+    "kong",
+    "contour",
+    "ingress",
 ];
 
 /// Engine settings.
@@ -139,7 +151,10 @@ impl Engine {
             Event::Conn(c) => {
                 self.stats.closes += 1;
                 let due_ns = c.meta.ts_ns + self.cfg.grace_ns;
-                self.pending.push_back(Pending { facts: Facts::new(c), due_ns });
+                self.pending.push_back(Pending {
+                    facts: Facts::new(c),
+                    due_ns,
+                });
             }
             Event::Reset(r) => {
                 self.stats.resets += 1;
@@ -169,10 +184,18 @@ impl Engine {
             self.finish_5xx(&p.h, &mut out);
         }
         let horizon = now_ns.saturating_sub(self.cfg.join_window_ns + self.cfg.grace_ns);
-        while self.recent.front().is_some_and(|f| f.conn.meta.ts_ns < horizon) {
+        while self
+            .recent
+            .front()
+            .is_some_and(|f| f.conn.meta.ts_ns < horizon)
+        {
             self.recent.pop_front();
         }
-        while self.observations.front().is_some_and(|f| f.conn.meta.ts_ns < horizon) {
+        while self
+            .observations
+            .front()
+            .is_some_and(|f| f.conn.meta.ts_ns < horizon)
+        {
             self.observations.pop_front();
         }
         if self.recent.is_empty() && self.observations.is_empty() {
@@ -237,7 +260,11 @@ impl Engine {
         }
         (self.cfg.pids.is_empty() || self.cfg.pids.contains(&s.owner_tgid))
             && (self.cfg.comms.is_empty()
-                || self.cfg.comms.iter().any(|c| *c == crate::events::comm(&s.comm)))
+                || self
+                    .cfg
+                    .comms
+                    .iter()
+                    .any(|c| *c == crate::events::comm(&s.comm)))
     }
 
     fn finish_conn(&mut self, facts: Facts, out: &mut Vec<Report>) {
@@ -296,7 +323,9 @@ impl Engine {
             let ts = f.conn.meta.ts_ns;
             ts >= lo
                 && ts <= t
-                && !self.consumed.contains(&(f.conn.meta.sk, f.conn.state.birth_ns))
+                && !self
+                    .consumed
+                    .contains(&(f.conn.meta.sk, f.conn.state.birth_ns))
         };
         let by_tid = self
             .observations
@@ -362,11 +391,17 @@ impl Engine {
             Some(u) => upstream_verdict(u, backend.as_ref(), &names),
             None => (Cause::NoUpstreamConnection, ClosedBy::None, How::None),
         };
-        if client_left && matches!(cause, Cause::ProxyTimeout | Cause::NoUpstreamConnection | Cause::Unknown) {
+        if client_left
+            && matches!(
+                cause,
+                Cause::ProxyTimeout | Cause::NoUpstreamConnection | Cause::Unknown
+            )
+        {
             (cause, closed_by, how) = (Cause::ClientAborted, ClosedBy::Client, How::Fin);
         }
         if let Some(u) = &upstream {
-            self.consumed.insert((u.conn.meta.sk, u.conn.state.birth_ns));
+            self.consumed
+                .insert((u.conn.meta.sk, u.conn.state.birth_ns));
         }
         let rst_reason = backend
             .as_ref()
@@ -375,12 +410,19 @@ impl Engine {
             .and_then(|r| names.name(r))
             .map(str::to_string);
         let up_state = upstream.as_ref().map(|u| u.conn.state);
-        let idle_ms = upstream.as_ref().and_then(|u| explain::request_idle_ms(u, backend.as_ref()));
+        let idle_ms = upstream
+            .as_ref()
+            .and_then(|u| explain::request_idle_ms(u, backend.as_ref()));
         let bg = BadGateway {
             ts_ns: h.meta.ts_ns,
             netns: h.netns,
             status: h.status,
-            proxy: Proxy { pid: h.meta.tgid, tid: h.meta.tid, comm: h.comm.clone(), pod: None },
+            proxy: Proxy {
+                pid: h.meta.tgid,
+                tid: h.meta.tid,
+                comm: h.comm.clone(),
+                pod: None,
+            },
             client: fmt_addr(h.ends.remote),
             upstream: upstream.as_ref().map(|u| Upstream {
                 src: fmt_addr(u.conn.ends.local),
