@@ -340,15 +340,23 @@ impl Engine {
                 .filter(fresh)
                 .find(|f| f.conn.meta.tgid == h.meta.tgid && f.has(F_TASK_CTX))
         };
-        let by_owner = || {
+        // Proxies that write the 5xx before closing the upstream (HAProxy):
+        // the failures of connections this process opened, the writing
+        // thread's own first (streams stay on the thread that connected),
+        // oldest first (failures are answered in the order they happen).
+        let owned = |by_thread: bool| {
             self.recent
                 .iter()
                 .chain(self.pending.iter().map(|p| &p.facts))
                 .filter(fresh)
                 .filter(|f| f.has(F_ROLE_CLIENT) && f.conn.state.owner_tgid == h.meta.tgid)
-                .max_by_key(|f| f.conn.meta.ts_ns)
+                .filter(|f| !by_thread || f.conn.state.owner_tid == h.meta.tid)
+                .min_by_key(|f| f.conn.meta.ts_ns)
         };
-        let found = by_tid.or_else(by_tgid).or_else(by_owner)?;
+        let found = by_tid
+            .or_else(by_tgid)
+            .or_else(|| owned(true))
+            .or_else(|| owned(false))?;
         // Prefer the socket's final close record when it has arrived.
         let key = (found.conn.meta.sk, found.conn.state.birth_ns);
         let closed = self
@@ -428,6 +436,8 @@ impl Engine {
                 src: fmt_addr(u.conn.ends.local),
                 dst: fmt_addr(u.conn.ends.remote),
                 pod: None,
+                bytes_sent: u.conn.bytes_sent,
+                bytes_received: u.conn.bytes_received,
                 backend_netns: backend.as_ref().map(|b| b.conn.state.netns),
             }),
             cause,

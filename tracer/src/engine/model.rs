@@ -98,6 +98,9 @@ pub struct Upstream {
     pub src: String,
     pub dst: String,
     pub pod: Option<PodName>,
+    /// Bytes the proxy sent and received on this connection in all.
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
     #[serde(skip)]
     pub backend_netns: Option<u32>,
 }

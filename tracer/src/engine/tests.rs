@@ -675,3 +675,66 @@ fn items_wait_for_grace_then_expire() {
     e.tick(T + 10_000 * MS);
     assert_eq!(e.backlog(), 0, "join state must not grow without bound");
 }
+
+/// HAProxy writes the 5xx before closing the upstream: no observation, so
+/// the join falls back to the failures of connections the writing thread
+/// opened, oldest first.
+#[test]
+fn fallback_joins_by_owner_thread_fifo() {
+    let mut ev = Vec::new();
+    for (i, tid) in [(0u32, 11u32), (1, 12), (2, 11)] {
+        let t = T + i as u64 * MS;
+        let mut up = Sock::new(
+            10 + i as u64,
+            &format!("10.0.0.2:{}", 41000 + i),
+            "10.0.1.9:8080",
+            F_ROLE_CLIENT,
+            PROXY,
+            "haproxy",
+            t,
+        )
+        .request(1, t, 0)
+        .flags(F_RST_RECEIVED | F_INFLIGHT_AT_CLOSE)
+        .close_start(t + 10, TCP_ESTABLISHED, TCP_CLOSE, 0)
+        .rst_at(t + 10);
+        up.st.owner_tid = tid;
+        ev.push(up.close(t + 10));
+    }
+    // Thread 11 answers its two failures in order; thread 12 its one.
+    ev.push(http(
+        T + 5 * MS,
+        11,
+        PROXY,
+        "haproxy",
+        "10.0.0.2:80",
+        "10.0.0.7:1",
+        502,
+        TCP_ESTABLISHED,
+    ));
+    ev.push(http(
+        T + 6 * MS,
+        12,
+        PROXY,
+        "haproxy",
+        "10.0.0.2:80",
+        "10.0.0.7:2",
+        502,
+        TCP_ESTABLISHED,
+    ));
+    ev.push(http(
+        T + 7 * MS,
+        11,
+        PROXY,
+        "haproxy",
+        "10.0.0.2:80",
+        "10.0.0.7:3",
+        502,
+        TCP_ESTABLISHED,
+    ));
+    let out = run(&mut engine(false), ev);
+    let srcs: Vec<_> = gateways(&out)
+        .iter()
+        .map(|g| g.upstream.as_ref().unwrap().src.clone())
+        .collect();
+    assert_eq!(srcs, ["10.0.0.2:41000", "10.0.0.2:41001", "10.0.0.2:41002"]);
+}
