@@ -25,6 +25,7 @@ pub mod haproxy;
 pub mod iptables;
 pub mod netns;
 pub mod nginx;
+pub mod node;
 pub mod proc;
 pub mod scenarios;
 pub mod tracer;

@@ -77,9 +77,13 @@ fn try_set_state(ctx: &TracePointContext) -> Result<i64, i64> {
         s.close_from = old;
         s.close_to = new;
         s.idle_at_close_ms = idle_ms(sk);
+        // `bytes_received` advances with rcv_nxt, and a FIN takes one
+        // sequence number (tcp_rcv_nxt_update(), net/ipv4/tcp_input.c): on a
+        // peer FIN, "no response byte" is one more than at the request.
+        let fin = (new == TCP_CLOSE_WAIT) as u64;
         let inflight = s.flags & F_ROLE_CLIENT != 0 && s.messages > 0 && {
             let rcvd: u64 = kread(sk, conf!(tp_bytes_received)).unwrap_or(0);
-            rcvd == s.rcvd_at_msg
+            rcvd == s.rcvd_at_msg + fin
         };
         if inflight {
             s.flags |= F_INFLIGHT_AT_CLOSE;
@@ -105,6 +109,11 @@ fn try_set_state(ctx: &TracePointContext) -> Result<i64, i64> {
             // The proxy gave up on a request in flight (its read timeout, or
             // its client left): let userspace join the 5xx that follows.
             emit_conn(KIND_OBSERVE, sk, s, ctx, now, true);
+        } else if inflight && new == TCP_CLOSE_WAIT {
+            // The backend's FIN answered a request: a failure now, although
+            // the socket may close only after the proxy has written its 5xx
+            // (HAProxy answers first, then closes). Softirq: no actor.
+            emit_conn(KIND_OBSERVE, sk, s, ctx, now, false);
         }
     } else if old == TCP_CLOSE_WAIT
         && (new == TCP_LAST_ACK || (new == TCP_CLOSE && s.flags & F_RST_RECEIVED == 0))

@@ -12,6 +12,9 @@ use crate::events::Http5xx;
 /// `idle_ms` of a `conn_end`: time since the last byte either way before the
 /// close began.
 pub fn conn_idle_ms(f: &Facts) -> Option<u64> {
+    if f.has(tracer_common::F_CONNECT_FAILED) {
+        return None;
+    }
     (f.conn.state.close_start_ns != 0).then_some(f.conn.state.idle_at_close_ms as u64)
 }
 
@@ -22,11 +25,14 @@ pub fn request_idle_ms(up: &Facts, backend: Option<&Facts>) -> Option<u64> {
     if up.has(tracer_common::F_CONNECT_FAILED) {
         return None;
     }
+    // The backend's own socket says how long it sat idle before it closed
+    // (its keep-alive timeout); without it, the idle gap the proxy saw
+    // before reusing the connection.
+    if let Some(b) = backend.filter(|b| b.has(tracer_common::F_LOCAL_CLOSE_FIRST)) {
+        return conn_idle_ms(b);
+    }
     if s.messages >= 2 {
         return Some(s.idle_before_msg_ms as u64);
-    }
-    if let Some(b) = backend {
-        return conn_idle_ms(b);
     }
     conn_idle_ms(up)
 }

@@ -319,13 +319,26 @@ impl Engine {
     fn find_upstream(&self, h: &Http5xx) -> Option<Facts> {
         let t = h.meta.ts_ns;
         let lo = t.saturating_sub(self.cfg.join_window_ns);
+        let unused = |f: &Facts| {
+            !self
+                .consumed
+                .contains(&(f.conn.meta.sk, f.conn.state.birth_ns))
+        };
+        // An observation counts if it was made before the 5xx ...
         let fresh = |f: &&Facts| {
             let ts = f.conn.meta.ts_ns;
-            ts >= lo
-                && ts <= t
-                && !self
-                    .consumed
-                    .contains(&(f.conn.meta.sk, f.conn.state.birth_ns))
+            ts >= lo && ts <= t && unused(f)
+        };
+        // ... a failure if it happened before the 5xx, even when its record
+        // (the close) arrives after it.
+        let failed_before = |f: &&Facts| {
+            let s = &f.conn.state;
+            let ts = if s.close_start_ns != 0 {
+                s.close_start_ns
+            } else {
+                f.conn.meta.ts_ns
+            };
+            ts >= lo && ts <= t && unused(f)
         };
         let by_tid = self
             .observations
@@ -348,7 +361,8 @@ impl Engine {
             self.recent
                 .iter()
                 .chain(self.pending.iter().map(|p| &p.facts))
-                .filter(fresh)
+                .chain(self.observations.iter())
+                .filter(failed_before)
                 .filter(|f| f.has(F_ROLE_CLIENT) && f.conn.state.owner_tgid == h.meta.tgid)
                 .filter(|f| !by_thread || f.conn.state.owner_tid == h.meta.tid)
                 .min_by_key(|f| f.conn.meta.ts_ns)

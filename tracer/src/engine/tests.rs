@@ -738,3 +738,50 @@ fn fallback_joins_by_owner_thread_fifo() {
         .collect();
     assert_eq!(srcs, ["10.0.0.2:41000", "10.0.0.2:41001", "10.0.0.2:41002"]);
 }
+
+/// HAProxy answers a backend's FIN with a 502 first and closes the upstream
+/// afterwards: the failure snapshot taken at the FIN (softirq, no actor)
+/// joins, and the close record arriving after the 5xx still completes it.
+#[test]
+fn fin_failure_joins_when_the_close_comes_after_the_5xx() {
+    let up = Sock::new(
+        1,
+        "10.0.0.2:40000",
+        "10.0.1.9:8080",
+        F_ROLE_CLIENT,
+        PROXY,
+        "haproxy",
+        T,
+    )
+    .request(1, T, 0)
+    .flags(F_PEER_FIN_FIRST | F_INFLIGHT_AT_CLOSE)
+    .close_start(T + 200 * MS, TCP_ESTABLISHED, TCP_CLOSE_WAIT, 200);
+    let mut snap = up.close(T + 200 * MS);
+    if let crate::events::Event::Conn(c) = &mut snap {
+        c.observe = true;
+    }
+    let out = run(
+        &mut engine(false),
+        vec![
+            snap,
+            http(
+                T + 201 * MS,
+                5,
+                PROXY,
+                "haproxy",
+                "10.0.0.2:80",
+                "10.0.0.7:1",
+                502,
+                TCP_ESTABLISHED,
+            ),
+            up.observe(T + 202 * MS, 5, PROXY),
+            up.close(T + 203 * MS),
+        ],
+    );
+    let g = gateways(&out);
+    assert_eq!(g.len(), 1);
+    assert_eq!(
+        (g[0].cause, g[0].how),
+        (Cause::BackendClosedBeforeResponse, How::Fin)
+    );
+}
