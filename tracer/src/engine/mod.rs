@@ -296,7 +296,12 @@ impl Engine {
             closed_by,
             how,
             rst_reason: f.rst_reason.and_then(|r| names.name(r)).map(str::to_string),
-            error: f.error.map(errno_name),
+            // After the keep-alive race the kernel stores ECONNRESET on a
+            // socket its application had already closed: nobody saw it.
+            error: f
+                .error
+                .filter(|_| !f.data_after_close(names))
+                .map(errno_name),
             idle_ms: explain::conn_idle_ms(f),
             age_ms: (!f.has(tracer_common::F_MIDLIFE))
                 .then(|| ms(f.conn.meta.ts_ns.saturating_sub(s.birth_ns))),

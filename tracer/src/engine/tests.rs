@@ -88,7 +88,8 @@ fn keepalive_race_with_local_backend() {
     )
     .request(3, T - 3 * MS, 0)
     .flags(F_LOCAL_CLOSE_FIRST | F_RST_RECEIVED | F_DATA_AFTER_CLOSE)
-    .close_start(req - MS * 4 / 10, TCP_ESTABLISHED, TCP_FIN_WAIT1, 5003);
+    .close_start(req - MS * 4 / 10, TCP_ESTABLISHED, TCP_FIN_WAIT1, 5003)
+    .err(104);
     let mut e = engine(false);
     let out = run(
         &mut e,
@@ -140,6 +141,7 @@ fn keepalive_race_with_local_backend() {
     assert_eq!(backend_end.how, How::Rst);
     assert_eq!(backend_end.rst_reason.as_deref(), Some("TCP_ABORT_ON_DATA"));
     assert_eq!(backend_end.idle_ms, Some(5003));
+    assert_eq!(backend_end.error, None, "no application saw an error");
     let proxy_end = ce.iter().find(|c| c.src == "10.0.0.2:40112").unwrap();
     assert_eq!(proxy_end.error.as_deref(), Some("ECONNRESET"));
     assert_eq!((proxy_end.closed_by, proxy_end.how), (Side::Peer, How::Rst));
