@@ -734,3 +734,23 @@ fn misspelt_pod_is_an_error_listing_the_nodes_pods() {
         );
     }
 }
+
+/// Only the proxy's pod is traced, yet the backend it failed to reach runs
+/// on this node: `upstream.pod` still names it (by the pod's own address).
+#[test]
+fn upstream_pod_named_when_only_the_proxy_is_traced() {
+    let shop = Shop::new();
+    let t = tracer(&shop.node, &["--pod", "shop/ingress-7f9"]);
+    let results = must(
+        shop.ingress_client()
+            .run(&Plan::new().step(Step::get("/reset").keep_alive(false))),
+        "client",
+    );
+    assert_eq!(results[0].status, Some(502), "{results:?}");
+    let bg = t.wait_for(|v| event_is(v, "bad_gateway"), WAIT);
+    let (status, _) = t.stop();
+    assert!(status.success());
+    assert_eq!(bg["proxy"]["pod"], shop.ingress.json(), "{bg}");
+    assert_eq!(bg["upstream"]["pod"], shop.api_pod.json(), "{bg}");
+    assert_eq!(bg["cause"], "backend_reset", "{bg}");
+}

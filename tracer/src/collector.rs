@@ -230,9 +230,15 @@ fn annotate(r: &mut Report, index: &PodIndex) {
         Report::BadGateway(b) => {
             b.proxy.pod = index.attribute(b.netns as u64, b.proxy.pid).cloned();
             if let Some(u) = &mut b.upstream {
+                // The backend's own socket when it was traced, else the pod
+                // on this node that owns the upstream address.
                 u.pod = u
                     .backend_netns
                     .and_then(|n| index.by_netns(n as u64))
+                    .or_else(|| {
+                        let ip = u.dst.parse::<std::net::SocketAddr>().ok()?.ip();
+                        index.by_ip(ip)
+                    })
                     .cloned();
             }
         }

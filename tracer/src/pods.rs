@@ -20,6 +20,7 @@ use std::ffi::OsString;
 use std::fmt;
 use std::fs;
 use std::io;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::mpsc;
@@ -199,6 +200,9 @@ pub struct PodInfo {
     pub host_network: bool,
     /// The pod's processes (pids in the node root's pid namespace), sorted.
     pub pids: Vec<u32>,
+    /// The addresses of its own network namespace (not loopback), so the
+    /// remote end of a connection to it can be named.
+    pub ips: Vec<IpAddr>,
 }
 
 /// Finds pods, their processes and network namespaces under a node root.
@@ -410,14 +414,70 @@ impl PodResolver {
         } else if netns.is_none() && !host_network && !pids.is_empty() {
             debug!("pod {pod} ({uid}): netns of pids {pids:?} unreadable (exited?)");
         }
+        // Its addresses, read through any of its processes in that netns.
+        let ips = netns
+            .and_then(|ns| {
+                pids.iter().find(|&&pid| {
+                    let link = self.root.join(PROC).join(pid.to_string()).join("ns/net");
+                    netns_of_link(&link) == Some(ns)
+                })
+            })
+            .map(|&pid| local_addrs(&self.root.join(PROC).join(pid.to_string()).join("net")))
+            .unwrap_or_default();
         PodInfo {
             pod,
             uid,
             netns,
             host_network,
             pids,
+            ips,
         }
     }
+}
+
+/// The local addresses of a network namespace, from `/proc/PID/net`:
+/// IPv4 `/32 host LOCAL` entries of `fib_trie` and the `if_inet6` list,
+/// without loopback and link-local ones.
+fn local_addrs(net_dir: &Path) -> Vec<IpAddr> {
+    let mut out = Vec::new();
+    if let Ok(trie) = fs::read_to_string(net_dir.join("fib_trie")) {
+        out.extend(parse_fib_trie_locals(&trie));
+    }
+    if let Ok(v6) = fs::read_to_string(net_dir.join("if_inet6")) {
+        out.extend(parse_if_inet6(&v6));
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+/// `fib_trie` lists `|-- ADDR` lines, each followed by its routes; a local
+/// address has a `/32 host LOCAL` route (net/ipv4/fib_trie.c).
+fn parse_fib_trie_locals(text: &str) -> Vec<IpAddr> {
+    let mut last: Option<std::net::Ipv4Addr> = None;
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let t = line.trim();
+        if let Some(a) = t.strip_prefix("|-- ") {
+            last = a.trim().parse().ok();
+        } else if t.contains("/32 host LOCAL") {
+            if let Some(a) = last.filter(|a| !a.is_loopback()) {
+                out.push(IpAddr::V4(a));
+            }
+        }
+    }
+    out
+}
+
+/// `if_inet6`: 32 hex digits per address, then index, prefix, scope, flags, name.
+fn parse_if_inet6(text: &str) -> Vec<IpAddr> {
+    text.lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter_map(|hex| u128::from_str_radix(hex, 16).ok())
+        .map(std::net::Ipv6Addr::from)
+        .filter(|a| !a.is_loopback() && (a.segments()[0] & 0xffc0) != 0xfe80)
+        .map(IpAddr::V6)
+        .collect()
 }
 
 fn pick_root(cli: Option<PathBuf>, env: Option<OsString>) -> PathBuf {
@@ -606,6 +666,7 @@ fn is_gone(e: &io::Error) -> bool {
 pub struct PodIndex {
     netns: HashMap<u64, PodName>,
     pids: HashMap<u32, PodName>,
+    ips: HashMap<IpAddr, PodName>,
 }
 
 impl PodIndex {
@@ -624,8 +685,18 @@ impl PodIndex {
             for &pid in &p.pids {
                 index.pids.insert(pid, p.pod.clone());
             }
+            if !p.host_network {
+                for ip in &p.ips {
+                    index.ips.insert(*ip, p.pod.clone());
+                }
+            }
         }
         index
+    }
+
+    /// The pod on this node that owns this address (its own netns).
+    pub fn by_ip(&self, ip: IpAddr) -> Option<&PodName> {
+        self.ips.get(&ip)
     }
 
     /// The pod whose own network namespace has this inode.
@@ -1224,6 +1295,39 @@ mod tests {
     }
 
     #[test]
+    fn local_addresses_from_proc_net() {
+        let trie = "Main:\n  +-- 0.0.0.0/0 3 0 5\n     |-- 10.231.2.2\n        /32 host LOCAL\n     |-- 10.231.2.0\n        /24 link UNICAST\n     |-- 127.0.0.1\n        /32 host LOCAL\nLocal:\n     |-- 10.231.2.2\n        /32 host LOCAL\n";
+        assert_eq!(
+            parse_fib_trie_locals(trie),
+            vec!["10.231.2.2".parse::<IpAddr>().unwrap(); 2]
+        );
+        let v6 = "00000000000000000000000000000001 01 80 10 80       lo\nfd000000000000000000000000000002 02 40 00 80     eth0\nfe80000000000000020000fffe000001 02 40 20 80     eth0\n";
+        assert_eq!(
+            parse_if_inet6(v6),
+            vec!["fd00::2".parse::<IpAddr>().unwrap()]
+        );
+        let pod = PodInfo {
+            pod: PodName {
+                namespace: "shop".into(),
+                name: "api".into(),
+            },
+            uid: U1.into(),
+            netns: Some(42),
+            host_network: false,
+            pids: vec![9],
+            ips: vec!["10.231.2.2".parse().unwrap()],
+        };
+        let index = PodIndex::build(&[pod], Some(HOST));
+        assert_eq!(
+            index
+                .by_ip("10.231.2.2".parse().unwrap())
+                .map(|p| p.name.as_str()),
+            Some("api")
+        );
+        assert_eq!(index.by_ip("10.231.2.3".parse().unwrap()), None);
+    }
+
+    #[test]
     fn index_never_maps_the_host_netns() {
         let pod = PodInfo {
             pod: PodName {
@@ -1234,6 +1338,7 @@ mod tests {
             netns: Some(HOST),
             host_network: false,
             pids: vec![7],
+            ips: vec![],
         };
         let index = PodIndex::build(&[pod], Some(HOST));
         assert_eq!(index.by_netns(HOST), None);
