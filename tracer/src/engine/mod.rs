@@ -258,13 +258,13 @@ impl Engine {
         if self.cfg.host_netns == Some(s.netns) && !self.cfg.host_pids.contains(&s.owner_tgid) {
             return false;
         }
-        (self.cfg.pids.is_empty() || self.cfg.pids.contains(&s.owner_tgid))
-            && (self.cfg.comms.is_empty()
-                || self
-                    .cfg
-                    .comms
-                    .iter()
-                    .any(|c| *c == crate::events::comm(&s.comm)))
+        self.owner_wanted(s.owner_tgid, &crate::events::comm(&s.comm))
+    }
+
+    /// `--pid` / `--comm`: no filter, or this process matches.
+    fn owner_wanted(&self, pid: u32, comm: &str) -> bool {
+        (self.cfg.pids.is_empty() || self.cfg.pids.contains(&pid))
+            && (self.cfg.comms.is_empty() || self.cfg.comms.iter().any(|c| c == comm))
     }
 
     fn finish_conn(&mut self, facts: Facts, out: &mut Vec<Report>) {
@@ -475,6 +475,14 @@ impl Engine {
             ),
             timeline: explain::timeline(h, upstream.as_ref(), backend.as_ref()),
         };
+        // `--pid` / `--comm` select the proxy, or the local backend it failed on.
+        let backend_wanted = backend.as_ref().is_some_and(|b| {
+            let s = &b.conn.state;
+            self.owner_wanted(s.owner_tgid, &crate::events::comm(&s.comm))
+        });
+        if !self.owner_wanted(h.meta.tgid, &h.comm) && !backend_wanted {
+            return;
+        }
         self.stats.bad_gateway += 1;
         out.push(Report::BadGateway(Box::new(bg)));
     }

@@ -787,3 +787,60 @@ fn fin_failure_joins_when_the_close_comes_after_the_5xx() {
         (Cause::BackendClosedBeforeResponse, How::Fin)
     );
 }
+
+/// `--comm` selects bad_gateway lines by the proxy or by the local backend.
+#[test]
+fn comm_filter_selects_gateways_by_proxy_or_backend() {
+    let events = || {
+        let up = Sock::new(
+            1,
+            "10.0.0.2:40000",
+            "10.0.1.9:8080",
+            F_ROLE_CLIENT,
+            PROXY,
+            "nginx",
+            T,
+        )
+        .request(1, T, 0)
+        .flags(F_RST_RECEIVED | F_INFLIGHT_AT_CLOSE)
+        .close_start(T + MS, TCP_ESTABLISHED, TCP_CLOSE, 0)
+        .rst_at(T + MS);
+        let be = Sock::new(
+            2,
+            "10.0.1.9:8080",
+            "10.0.0.2:40000",
+            F_ROLE_SERVER,
+            900,
+            "node",
+            T,
+        )
+        .flags(F_LOCAL_CLOSE_FIRST | F_RST_SENT)
+        .close_start(T + MS, TCP_ESTABLISHED, TCP_CLOSE, 0);
+        vec![
+            be.close(T + MS),
+            up.close(T + MS),
+            up.observe(T + 2 * MS, 5, PROXY),
+            http(
+                T + 3 * MS,
+                5,
+                PROXY,
+                "nginx",
+                "10.0.0.2:80",
+                "10.0.0.7:1",
+                502,
+                TCP_ESTABLISHED,
+            ),
+        ]
+    };
+    for (comm, want) in [("nginx", 1), ("node", 1), ("curl", 0)] {
+        let mut e = Engine::new(EngineConfig {
+            comms: vec![comm.into()],
+            ..Default::default()
+        });
+        assert_eq!(
+            gateways(&run(&mut e, events())).len(),
+            want,
+            "--comm {comm}"
+        );
+    }
+}
