@@ -88,6 +88,10 @@ const TEST: &[Requirement] = &[
     package("curl"),
     package("wrk"),
     program("node", "--version", "nodejs"),
+    // The socket choreography of the conn_end tests; `setpriv` (util-linux)
+    // runs the tracer unprivileged in one of them.
+    program("python3", "--version", "python3"),
+    program("setpriv", "--version", "util-linux"),
 ];
 
 /// `--bench`: load generators and the tools we compare against.
