@@ -53,8 +53,12 @@ fn start(args: &[&str]) -> Tracer {
     Tracer::start(args)
 }
 
-fn netns_args(ns: &Netns) -> Vec<String> {
-    vec!["--netns".into(), ns.path().to_str().expect("utf-8").into()]
+/// A tracer filtered on `ns`, with `extra` options.
+fn trace_ns(ns: &Netns, extra: &[&str]) -> Tracer {
+    let path = ns.path();
+    let mut args = vec!["--netns", path.to_str().expect("utf-8")];
+    args.extend_from_slice(extra);
+    Tracer::start(&args)
 }
 
 /// The `conn_end` whose local end is `src` (waits for it).
@@ -100,12 +104,7 @@ fn stop(t: Tracer) -> Vec<Value> {
 #[test]
 fn start_line_lists_hooks() {
     let ns = Netns::new("start").expect("netns");
-    let t = start(
-        &netns_args(&ns)
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>(),
-    );
+    let t = trace_ns(&ns, &[]);
     let first = t.lines()[0].clone();
     assert_eq!(first["event"], "start");
     assert!(
@@ -140,9 +139,7 @@ fn start_line_lists_hooks() {
 #[test]
 fn local_fin_and_peer_fin() {
     let ns = Netns::new("fin").expect("netns");
-    let mut args = netns_args(&ns);
-    args.push("--all".into());
-    let t = start(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let t = trace_ns(&ns, &["--all"]);
     let r = choreo(&ns, "local_fin", port(), IDLE_MS);
     let client = end_of(&t, r["client"].as_str().expect("client"));
     let server = end_of(&t, r["server"].as_str().expect("server"));
@@ -178,12 +175,7 @@ fn local_fin_and_peer_fin() {
 #[test]
 fn graceful_close_is_quiet_by_default() {
     let ns = Netns::new("quiet").expect("netns");
-    let t = start(
-        &netns_args(&ns)
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>(),
-    );
+    let t = trace_ns(&ns, &[]);
     let r = choreo(&ns, "local_fin", port(), 50);
     let rst = choreo(&ns, "local_rst", port(), 50);
     end_of(&t, rst["client"].as_str().expect("client"));
@@ -202,12 +194,7 @@ fn graceful_close_is_quiet_by_default() {
 #[test]
 fn local_rst_and_peer_rst() {
     let ns = Netns::new("rst").expect("netns");
-    let t = start(
-        &netns_args(&ns)
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>(),
-    );
+    let t = trace_ns(&ns, &[]);
     let r = choreo(&ns, "local_rst", port(), IDLE_MS);
     let client = end_of(&t, r["client"].as_str().expect("client"));
     let server = end_of(&t, r["server"].as_str().expect("server"));
@@ -230,12 +217,7 @@ fn local_rst_and_peer_rst() {
 #[test]
 fn connection_refused() {
     let ns = Netns::new("refused").expect("netns");
-    let t = start(
-        &netns_args(&ns)
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>(),
-    );
+    let t = trace_ns(&ns, &[]);
     let r = choreo(&ns, "refused", port(), 0);
     assert_eq!(r["error"], 111);
     let client = end_of(&t, r["client"].as_str().expect("client"));
@@ -265,12 +247,7 @@ fn connect_timeout() {
     let _rule = IptablesRule::drop_incoming_syn(&ns, p).expect("iptables");
     ns.exec(&["sysctl", "-qw", "net.ipv4.tcp_syn_retries=1"])
         .expect("sysctl");
-    let t = start(
-        &netns_args(&ns)
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>(),
-    );
+    let t = trace_ns(&ns, &[]);
     let r = choreo(&ns, "timeout", p, 0);
     assert_eq!(r["error"], 110, "{r}");
     let client = end_of(&t, r["client"].as_str().expect("client"));
@@ -296,12 +273,7 @@ fn connect_timeout() {
 #[test]
 fn close_with_unread_data() {
     let ns = Netns::new("unread").expect("netns");
-    let t = start(
-        &netns_args(&ns)
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>(),
-    );
+    let t = trace_ns(&ns, &[]);
     let r = choreo(&ns, "unread", port(), IDLE_MS);
     let client = end_of(&t, r["client"].as_str().expect("client"));
     let server = end_of(&t, r["server"].as_str().expect("server"));
@@ -350,12 +322,7 @@ fn server_side_keepalive_race_with_node() {
     )
     .expect("node backend");
     let _rule = IptablesRule::drop_outgoing_fin(&ns, p).expect("iptables");
-    let t = start(
-        &netns_args(&ns)
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>(),
-    );
+    let t = trace_ns(&ns, &[]);
     let r = choreo(&ns, "keepalive_race", p, node_idle_ms + 800);
     let client = r["client"].as_str().expect("client");
     let server = t.wait_for(
@@ -431,12 +398,7 @@ fn netns_filter() {
         Netns::new("nsa").expect("netns"),
         Netns::new("nsb").expect("netns"),
     );
-    let t = start(
-        &netns_args(&a)
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>(),
-    );
+    let t = trace_ns(&a, &[]);
     let ra = choreo(&a, "local_rst", port(), 50);
     choreo(&b, "local_rst", port(), 50);
     end_of(&t, ra["client"].as_str().expect("client"));
