@@ -178,6 +178,7 @@ pub fn run(cli: Cli, filters: Filters, mut loaded: Loaded, mut out: Output) -> a
             match decode(&item) {
                 Ok(ev) => {
                     log::trace!("{ev:?}");
+                    stats.count_kind(&ev);
                     engine.ingest(ev);
                 }
                 Err(e) => {
@@ -250,6 +251,22 @@ struct Stats {
     records: u64,
     decode_errors: u64,
     last_lost: u64,
+    /// Records read, by kind: close, observe, reset, error, http_5xx.
+    kinds: [u64; 5],
+}
+
+impl Stats {
+    fn count_kind(&mut self, ev: &crate::events::Event) {
+        use crate::events::Event;
+        let i = match ev {
+            Event::Conn(c) if !c.observe => 0,
+            Event::Conn(_) => 1,
+            Event::Reset(_) => 2,
+            Event::Error(_) => 3,
+            Event::Http5xx(_) => 4,
+        };
+        self.kinds[i] += 1;
+    }
 }
 
 fn write_start(
@@ -324,6 +341,13 @@ fn write_stats(
         "emitted": {
             "kernel_records": c(C_EMITTED),
             "records_read": stats.records,
+            "records_by_kind": {
+                "close": stats.kinds[0],
+                "observe": stats.kinds[1],
+                "reset": stats.kinds[2],
+                "error": stats.kinds[3],
+                "http_5xx": stats.kinds[4],
+            },
             "conn_end": e.conn_end,
             "bad_gateway": e.bad_gateway,
             "http_5xx_seen": e.http_5xx,
