@@ -88,9 +88,12 @@ pub fn rfc3339_from_unix_ns(ns: u128) -> String {
 /// Where lines go.
 pub struct Output {
     w: Box<dyn Write + Send>,
-    host: String,
+    /// The host name as a JSON string literal, escaped once.
+    host_json: String,
     clock: Clock,
     text: bool,
+    /// Reused for every line: no allocation per event on the hot path.
+    buf: Vec<u8>,
     pub lines: u64,
 }
 
@@ -102,13 +105,19 @@ impl Output {
             Some(p) => Box::new(BufWriter::new(File::create(p)?)),
             None => Box::new(BufWriter::new(io::stdout())),
         };
-        Ok(Self {
+        Ok(Self::with_writer(w, &host, Clock::now(), text))
+    }
+
+    fn with_writer(w: Box<dyn Write + Send>, host: &str, clock: Clock, text: bool) -> Self {
+        let host_json = serde_json::to_string(host).expect("a string serializes");
+        Self {
             w,
-            host,
-            clock: Clock::now(),
+            host_json,
+            clock,
             text,
+            buf: Vec::with_capacity(4096),
             lines: 0,
-        })
+        }
     }
 
     #[cfg(test)]
@@ -124,14 +133,10 @@ impl Output {
                 Ok(())
             }
         }
-        let out = Self {
-            w: Box::new(Shared(buf.clone())),
-            host: host.into(),
-            clock,
-            text: false,
-            lines: 0,
-        };
-        (out, buf)
+        (
+            Self::with_writer(Box::new(Shared(buf.clone())), host, clock, false),
+            buf,
+        )
     }
 
     /// Re-reads the wall clock (it may be stepped by NTP).
@@ -139,8 +144,41 @@ impl Output {
         self.clock = Clock::now();
     }
 
-    /// Writes one event object: `ts`, `event` and `host` first, then `body`.
+    /// Writes one event object: `ts`, `event` and `host` first, then the
+    /// fields of `body` (a struct or map), serialized straight into a reused
+    /// buffer (`event` is one of this program's fixed names).
     pub fn event<T: Serialize>(
+        &mut self,
+        ts_mono_ns: u64,
+        event: &str,
+        body: &T,
+    ) -> io::Result<()> {
+        if self.text {
+            return self.text_event(ts_mono_ns, event, body);
+        }
+        self.buf.clear();
+        write!(
+            self.buf,
+            "{{\"ts\":\"{}\",\"event\":\"{event}\",\"host\":{}",
+            self.clock.rfc3339(ts_mono_ns),
+            self.host_json
+        )?;
+        let start = self.buf.len();
+        serde_json::to_writer(&mut self.buf, body).map_err(io::Error::other)?;
+        // `body` wrote `{...}`: join its fields, or drop an empty `{}`.
+        if self.buf.len() - start <= 2 {
+            self.buf.truncate(start);
+            self.buf.push(b'}');
+        } else {
+            self.buf[start] = b',';
+        }
+        self.buf.push(b'\n');
+        self.w.write_all(&self.buf)?;
+        self.lines += 1;
+        Ok(())
+    }
+
+    fn text_event<T: Serialize>(
         &mut self,
         ts_mono_ns: u64,
         event: &str,
@@ -149,17 +187,10 @@ impl Output {
         let mut obj = serde_json::Map::new();
         obj.insert("ts".into(), Value::String(self.clock.rfc3339(ts_mono_ns)));
         obj.insert("event".into(), Value::String(event.into()));
-        obj.insert("host".into(), Value::String(self.host.clone()));
         if let Value::Object(fields) = serde_json::to_value(body).map_err(io::Error::other)? {
             obj.extend(fields);
         }
-        let v = Value::Object(obj);
-        if self.text {
-            writeln!(self.w, "{}", text_line(&v))?;
-        } else {
-            serde_json::to_writer(&mut self.w, &v).map_err(io::Error::other)?;
-            self.w.write_all(b"\n")?;
-        }
+        writeln!(self.w, "{}", text_line(&Value::Object(obj)))?;
         self.lines += 1;
         Ok(())
     }
@@ -225,6 +256,30 @@ mod tests {
             rfc3339_from_unix_ns(951_782_400_000_000_000),
             "2000-02-29T00:00:00.000000000Z"
         );
+    }
+
+    #[test]
+    fn event_with_empty_and_struct_bodies() {
+        #[derive(Serialize)]
+        struct B {
+            a: u8,
+            s: &'static str,
+        }
+        let (mut out, buf) = Output::to_vec("n\"1", Clock::fixed(0));
+        out.event(0, "x", &json!({})).unwrap();
+        out.event(0, "y", &B { a: 1, s: "q" }).unwrap();
+        let text = String::from_utf8(buf.lock().unwrap().clone()).unwrap();
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(
+            lines[0],
+            json!({"ts": "1970-01-01T00:00:00.000000000Z", "event": "x", "host": "n\"1"})
+        );
+        assert_eq!(lines[1]["a"], 1);
+        assert_eq!(lines[1]["s"], "q");
+        assert_eq!(lines[1]["host"], "n\"1");
     }
 
     #[test]
