@@ -42,8 +42,9 @@ enum Command {
     Lint,
     /// Show the tracer explaining real 502s (not implemented yet).
     Demo,
-    /// Measure the tracer's overhead (not implemented yet).
-    Bench,
+    /// Measure the tracer's overhead and capacity against no tracer,
+    /// bpftrace, tcplife and tshark, in one run.
+    Bench(bench::Options),
 }
 
 fn main() -> ExitCode {
@@ -58,7 +59,7 @@ fn main() -> ExitCode {
         Command::Test(opts) => test::test(&opts),
         Command::Lint => lint::lint().map(|()| ExitCode::SUCCESS),
         Command::Demo => Ok(demo::demo()),
-        Command::Bench => Ok(bench::bench()),
+        Command::Bench(opts) => bench::bench(&opts),
     };
     match result {
         Ok(code) => code,
