@@ -27,8 +27,6 @@ pub fn tcp_sendmsg_locked(ctx: BtfTracePointContext) -> i32 {
 
 fn try_send(ctx: &BtfTracePointContext) -> Result<i64, i64> {
     let sk: u64 = ctx.arg(0);
-    let msg: u64 = ctx.arg(1);
-    let now = now_ns();
     let st = match crate::SOCKS.get_ptr_mut(sk) {
         Some(st) => {
             // SAFETY: map value pointer.
@@ -40,7 +38,7 @@ fn try_send(ctx: &BtfTracePointContext) -> Result<i64, i64> {
         None => {
             let lport = crate::sock::local_port(sk);
             let rport = u16::from_be(kread::<u16>(sk, conf!(sk_dport)).unwrap_or(0));
-            match lookup_or_midlife(sk, lport, rport, now) {
+            match lookup_or_midlife(sk, lport, rport, now_ns()) {
                 Some(st) => st,
                 None => return Ok(0),
             }
@@ -66,17 +64,27 @@ fn try_send(ctx: &BtfTracePointContext) -> Result<i64, i64> {
     let rcvd: u64 = kread(sk, conf!(tp_bytes_received)).unwrap_or(0);
     // A new message starts when the peer sent something since our last send
     // (a response for a client, a request for a server), or on the first send.
+    // Later sends of the same message (the common case under load) stop
+    // here: one map lookup and one read.
     let new_msg = s.messages == 0 || rcvd != s.rcvd_at_msg;
-    s.last_send_ns = now;
     if !new_msg {
         return Ok(0);
     }
-    s.idle_before_msg_ms = if s.messages == 0 { 0 } else { idle_ms(sk) };
+    let now = now_ns();
+    let client = s.flags & F_ROLE_CLIENT != 0;
+    // The idle gap before a request on a reused upstream connection (the
+    // keep-alive race); responses do not need it.
+    s.idle_before_msg_ms = if client && s.messages != 0 {
+        idle_ms(sk)
+    } else {
+        0
+    };
     s.messages += 1;
     s.msg_start_ns = now;
+    s.last_send_ns = now;
     s.rcvd_at_msg = rcvd;
-    if s.flags & F_ROLE_CLIENT == 0 && conf!(sniff_http) != 0 {
-        sniff(sk, msg, s, now, id);
+    if !client && conf!(sniff_http) != 0 {
+        sniff(sk, ctx.arg(1), s, now, id);
     }
     Ok(0)
 }

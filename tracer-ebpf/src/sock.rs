@@ -7,6 +7,7 @@ use aya_ebpf::{
         bpf_probe_read_kernel,
     },
     programs::TracePointContext,
+    EbpfContext as _,
 };
 use tracer_common::{
     Header, SockState, Tuple, ABSENT, AF_INET6, COMM_LEN, C_FILTERED, C_LOST_MAP_FULL, F_MIDLIFE,
@@ -42,6 +43,52 @@ pub fn tpread<T>(ctx: &TracePointContext, off: u32) -> Result<T, i64> {
     }
     // SAFETY: offsets come from this kernel's format file.
     unsafe { ctx.read_at::<T>(off as usize) }.map_err(|e| e as i64)
+}
+
+/// A tracepoint record copied to the stack with one helper call, instead of
+/// one `bpf_probe_read_kernel` per field (the offsets are only known at load
+/// time, and the verifier forbids variable offsets into the context).
+pub struct Rec {
+    buf: [u8; REC_LEN],
+}
+
+/// Covers `inet_sock_set_state` (72 bytes on 6.18, 80 with the RT kernels'
+/// extra common fields). The record sits in the per-CPU perf trace buffer
+/// (PERF_MAX_TRACE_SIZE, 8 KiB), so reading past its end stays inside it.
+pub const REC_LEN: usize = 96;
+
+impl Rec {
+    #[inline(always)]
+    pub fn read(ctx: &TracePointContext) -> Result<Self, i64> {
+        let mut buf = [0u8; REC_LEN];
+        // SAFETY: the context points into the perf trace buffer (see REC_LEN).
+        unsafe {
+            aya_ebpf::helpers::bpf_probe_read_kernel_buf(ctx.as_ptr() as *const u8, &mut buf)
+        }
+        .map_err(|e| e as i64)?;
+        Ok(Self { buf })
+    }
+
+    /// The field at `off`; `ABSENT` or out-of-range offsets fail.
+    #[inline(always)]
+    pub fn get<T: Copy>(&self, off: u32) -> Result<T, i64> {
+        let off = off as usize;
+        if off > REC_LEN - core::mem::size_of::<T>() {
+            return Err(0);
+        }
+        // SAFETY: bounds checked above; no alignment assumed.
+        Ok(unsafe { core::ptr::read_unaligned(self.buf.as_ptr().add(off) as *const T) })
+    }
+
+    /// A 1- or 2-byte `protocol` field (its width changed in 5.6).
+    #[inline(always)]
+    pub fn proto(&self, off: u32, size: u32) -> Result<u16, i64> {
+        if size == 1 {
+            Ok(self.get::<u8>(off)? as u16)
+        } else {
+            self.get::<u16>(off)
+        }
+    }
 }
 
 /// Reads a 1- or 2-byte `protocol` field (its width changed in 5.6).

@@ -9,7 +9,7 @@ use crate::{
     conf,
     sock::{
         count, current_comm, fresh_state, header, idle_ms, insert, kread, lookup_or_midlife,
-        netns_of, now_ns, passes, tpread, tpread_proto, F_IGNORED,
+        netns_of, now_ns, passes, Rec, F_IGNORED,
     },
     EVENTS, LISTENERS, SOCKS,
 };
@@ -25,14 +25,26 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
 
 fn try_set_state(ctx: &TracePointContext) -> Result<i64, i64> {
     count(C_STATE_SEEN);
-    if tpread_proto(ctx, conf!(ss_protocol), conf!(ss_protocol_size))? != IPPROTO_TCP {
+    let rec = Rec::read(ctx)?;
+    let old = rec.get::<i32>(conf!(ss_oldstate))? as u8;
+    let new = rec.get::<i32>(conf!(ss_newstate))? as u8;
+    // Half of a connection's ten state changes say nothing a verdict uses
+    // (SYN_SENT/SYN_RECV -> ESTABLISHED, FIN_WAIT1 -> FIN_WAIT2, ...): leave
+    // before any map work.
+    let wanted = matches!(new, TCP_SYN_SENT | TCP_SYN_RECV | TCP_LISTEN | TCP_CLOSE)
+        || old == TCP_ESTABLISHED
+        || old == TCP_CLOSE_WAIT;
+    // A listener closing is not a connection either (but LISTEN -> SYN_RECV
+    // is how an accepted socket is born: inet_csk_clone_lock()).
+    if !wanted || (old == TCP_LISTEN && new != TCP_SYN_RECV) {
         return Ok(0);
     }
-    let sk: u64 = tpread(ctx, conf!(ss_skaddr))?;
-    let old = tpread::<i32>(ctx, conf!(ss_oldstate))? as u8;
-    let new = tpread::<i32>(ctx, conf!(ss_newstate))? as u8;
-    let sport: u16 = tpread(ctx, conf!(ss_sport))?;
-    let dport: u16 = tpread(ctx, conf!(ss_dport))?;
+    if rec.proto(conf!(ss_protocol), conf!(ss_protocol_size))? != IPPROTO_TCP {
+        return Ok(0);
+    }
+    let sk: u64 = rec.get(conf!(ss_skaddr))?;
+    let sport: u16 = rec.get(conf!(ss_sport))?;
+    let dport: u16 = rec.get(conf!(ss_dport))?;
     let now = now_ns();
 
     match new {
@@ -41,11 +53,6 @@ fn try_set_state(ctx: &TracePointContext) -> Result<i64, i64> {
         TCP_LISTEN => return on_listen(sk, sport),
         _ => {}
     }
-    if old == TCP_LISTEN {
-        // A listener closing is not a connection.
-        return Ok(0);
-    }
-
     let st = if old == TCP_ESTABLISHED || new == TCP_CLOSE {
         match lookup_or_midlife(sk, sport, dport, now) {
             Some(st) => st,
@@ -108,12 +115,12 @@ fn try_set_state(ctx: &TracePointContext) -> Result<i64, i64> {
         if inflight && new == TCP_FIN_WAIT1 {
             // The proxy gave up on a request in flight (its read timeout, or
             // its client left): let userspace join the 5xx that follows.
-            emit_conn(KIND_OBSERVE, sk, s, ctx, now, true);
+            emit_conn(KIND_OBSERVE, sk, s, &rec, now, true);
         } else if inflight && new == TCP_CLOSE_WAIT {
             // The backend's FIN answered a request: a failure now, although
             // the socket may close only after the proxy has written its 5xx
             // (HAProxy answers first, then closes). Softirq: no actor.
-            emit_conn(KIND_OBSERVE, sk, s, ctx, now, false);
+            emit_conn(KIND_OBSERVE, sk, s, &rec, now, false);
         }
     } else if old == TCP_CLOSE_WAIT
         && (new == TCP_LAST_ACK || (new == TCP_CLOSE && s.flags & F_RST_RECEIVED == 0))
@@ -126,7 +133,7 @@ fn try_set_state(ctx: &TracePointContext) -> Result<i64, i64> {
             s.flags |= F_RST_SENT;
         }
         if s.flags & F_INFLIGHT_AT_CLOSE != 0 {
-            emit_conn(KIND_OBSERVE, sk, s, ctx, now, true);
+            emit_conn(KIND_OBSERVE, sk, s, &rec, now, true);
         }
     } else if old == TCP_SYN_SENT && new == TCP_CLOSE {
         s.flags |= F_CONNECT_FAILED;
@@ -152,7 +159,7 @@ fn try_set_state(ctx: &TracePointContext) -> Result<i64, i64> {
     }
 
     if new == TCP_CLOSE {
-        on_close(ctx, sk, st, now);
+        on_close(&rec, sk, st, now);
     }
     Ok(0)
 }
@@ -189,7 +196,7 @@ fn local_close(s: &mut SockState, sk: u64, tid: u32) {
 /// with `--all`). Reported sockets stay in the map until `tcp_destroy_sock`
 /// so a late RST or the application's close can still be joined.
 #[inline(always)]
-fn on_close(ctx: &TracePointContext, sk: u64, st: *mut SockState, now: u64) {
+fn on_close(rec: &Rec, sk: u64, st: *mut SockState, now: u64) {
     // SAFETY: map value pointer.
     let s = unsafe { &mut *st };
     if s.flags & F_REPORTED != 0 {
@@ -202,7 +209,7 @@ fn on_close(ctx: &TracePointContext, sk: u64, st: *mut SockState, now: u64) {
     let abnormal = s.flags & F_ABNORMAL != 0 || err != 0;
     if abnormal || conf!(report_all) != 0 {
         s.flags |= F_REPORTED;
-        emit_conn(KIND_CLOSE, sk, s, ctx, now, false);
+        emit_conn(KIND_CLOSE, sk, s, rec, now, false);
     } else {
         let _ = SOCKS.remove(sk);
     }
@@ -210,24 +217,17 @@ fn on_close(ctx: &TracePointContext, sk: u64, st: *mut SockState, now: u64) {
 
 /// Writes a [`ConnRecord`] for this socket straight into the ring buffer.
 #[inline(always)]
-pub fn emit_conn(
-    kind: u8,
-    sk: u64,
-    s: &SockState,
-    ctx: &TracePointContext,
-    now: u64,
-    task_ctx: bool,
-) {
+pub fn emit_conn(kind: u8, sk: u64, s: &SockState, rec: &Rec, now: u64, task_ctx: bool) {
     emit_conn_tuple(kind, sk, s, now, task_ctx, |t| {
-        t.sport = tpread(ctx, conf!(ss_sport)).unwrap_or(0);
-        t.dport = tpread(ctx, conf!(ss_dport)).unwrap_or(0);
-        t.family = tpread(ctx, conf!(ss_family)).unwrap_or(0);
+        t.sport = rec.get(conf!(ss_sport)).unwrap_or(0);
+        t.dport = rec.get(conf!(ss_dport)).unwrap_or(0);
+        t.family = rec.get(conf!(ss_family)).unwrap_or(0);
         if t.family == AF_INET6 {
-            t.saddr = tpread(ctx, conf!(ss_saddr_v6)).unwrap_or([0; 16]);
-            t.daddr = tpread(ctx, conf!(ss_daddr_v6)).unwrap_or([0; 16]);
+            t.saddr = rec.get(conf!(ss_saddr_v6)).unwrap_or([0; 16]);
+            t.daddr = rec.get(conf!(ss_daddr_v6)).unwrap_or([0; 16]);
         } else {
-            let s4: [u8; 4] = tpread(ctx, conf!(ss_saddr)).unwrap_or([0; 4]);
-            let d4: [u8; 4] = tpread(ctx, conf!(ss_daddr)).unwrap_or([0; 4]);
+            let s4: [u8; 4] = rec.get(conf!(ss_saddr)).unwrap_or([0; 4]);
+            let d4: [u8; 4] = rec.get(conf!(ss_daddr)).unwrap_or([0; 4]);
             t.saddr[..4].copy_from_slice(&s4);
             t.daddr[..4].copy_from_slice(&d4);
         }
