@@ -11,7 +11,7 @@ pub mod classify;
 mod explain;
 pub mod model;
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 
 use tracer_common::{F_ROLE_CLIENT, F_RST_SENT, F_TASK_CTX, TCP_CLOSE_WAIT};
 
@@ -115,7 +115,8 @@ pub struct Engine {
     observations: VecDeque<Facts>,
     pending_5xx: VecDeque<Pending5xx>,
     /// (socket address, birth) of failures already joined to a 5xx.
-    consumed: HashSet<(u64, u64)>,
+    /// ... with when they were joined, pruned with the join window.
+    consumed: HashMap<(u64, u64), u64>,
     stats: EngineStats,
 }
 
@@ -127,7 +128,7 @@ impl Engine {
             recent: VecDeque::new(),
             observations: VecDeque::new(),
             pending_5xx: VecDeque::new(),
-            consumed: HashSet::new(),
+            consumed: HashMap::new(),
             stats: EngineStats::default(),
         }
     }
@@ -138,7 +139,11 @@ impl Engine {
 
     /// Items waiting for their grace period or join window.
     pub fn backlog(&self) -> usize {
-        self.pending.len() + self.recent.len() + self.observations.len() + self.pending_5xx.len()
+        self.pending.len()
+            + self.recent.len()
+            + self.observations.len()
+            + self.pending_5xx.len()
+            + self.consumed.len()
     }
 
     /// Takes one decoded event.
@@ -198,9 +203,9 @@ impl Engine {
         {
             self.observations.pop_front();
         }
-        if self.recent.is_empty() && self.observations.is_empty() {
-            self.consumed.clear();
-        }
+        // A joined failure can only be seen again while its records are
+        // still in the window.
+        self.consumed.retain(|_, joined_ns| *joined_ns >= horizon);
         out
     }
 
@@ -327,7 +332,7 @@ impl Engine {
         let unused = |f: &Facts| {
             !self
                 .consumed
-                .contains(&(f.conn.meta.sk, f.conn.state.birth_ns))
+                .contains_key(&(f.conn.meta.sk, f.conn.state.birth_ns))
         };
         // An observation counts if it was made before the 5xx ...
         let fresh = |f: &&Facts| {
@@ -428,7 +433,7 @@ impl Engine {
         }
         if let Some(u) = &upstream {
             self.consumed
-                .insert((u.conn.meta.sk, u.conn.state.birth_ns));
+                .insert((u.conn.meta.sk, u.conn.state.birth_ns), h.meta.ts_ns);
         }
         let rst_reason = backend
             .as_ref()

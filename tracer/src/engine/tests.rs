@@ -674,6 +674,33 @@ fn items_wait_for_grace_then_expire() {
         "reported before its grace period"
     );
     assert_eq!(e.tick(T + 100 * MS).len(), 1);
+    // A joined failure is remembered only while the join window holds it.
+    let up = Sock::new(
+        3,
+        "10.0.0.2:40000",
+        "10.0.1.9:8080",
+        F_ROLE_CLIENT,
+        PROXY,
+        "nginx",
+        T,
+    )
+    .request(1, T, 0)
+    .flags(F_RST_RECEIVED | F_INFLIGHT_AT_CLOSE)
+    .close_start(T + 200 * MS, TCP_ESTABLISHED, TCP_CLOSE, 0)
+    .rst_at(T + 200 * MS);
+    e.ingest(up.close(T + 200 * MS));
+    e.ingest(up.observe(T + 201 * MS, 5, PROXY));
+    e.ingest(http(
+        T + 202 * MS,
+        5,
+        PROXY,
+        "nginx",
+        "10.0.0.2:80",
+        "10.0.0.7:1",
+        502,
+        TCP_ESTABLISHED,
+    ));
+    assert_eq!(gateways(&e.tick(T + 300 * MS)).len(), 1);
     e.tick(T + 10_000 * MS);
     assert_eq!(e.backlog(), 0, "join state must not grow without bound");
 }
