@@ -100,7 +100,7 @@ pub const F_DATA_AFTER_CLOSE: u32 = 1 << 11;
 pub const F_MIDLIFE: u32 = 1 << 12;
 /// A `KIND_CLOSE` for this socket was already emitted.
 pub const F_REPORTED: u32 = 1 << 13;
-/// The local close happened while data this side had sent was unacknowledged.
+/// Reserved (was: data unacknowledged at the local close; no verdict used it).
 pub const F_UNACKED_AT_CLOSE: u32 = 1 << 14;
 
 /// The socket failed the filters; kept in the map so that hot paths decide

@@ -100,7 +100,7 @@ fn try_set_state(ctx: &TracePointContext) -> Result<i64, i64> {
             // (net/ipv4/tcp.c): the current task is the actor.
             TCP_FIN_WAIT1 => {
                 s.flags |= F_LOCAL_CLOSE_FIRST;
-                local_close(s, sk, tid);
+                local_close(s, sk, tid, false);
             }
             TCP_CLOSE_WAIT => s.flags |= F_PEER_FIN_FIRST,
             TCP_CLOSE if s.flags & F_RST_RECEIVED == 0 => {
@@ -108,7 +108,7 @@ fn try_set_state(ctx: &TracePointContext) -> Result<i64, i64> {
                 // close by the application (SO_LINGER 0, or unread data):
                 // tcp_disconnect()/__tcp_close() set CLOSE, then send the RST.
                 s.flags |= F_LOCAL_CLOSE_FIRST | F_RST_SENT;
-                local_close(s, sk, tid);
+                local_close(s, sk, tid, true);
             }
             _ => {}
         }
@@ -166,7 +166,7 @@ fn try_set_state(ctx: &TracePointContext) -> Result<i64, i64> {
 
 /// Records the closing task, and whether it was exiting (crash, kill, OOM).
 #[inline(always)]
-fn local_close(s: &mut SockState, sk: u64, tid: u32) {
+fn local_close(s: &mut SockState, sk: u64, tid: u32, abortive: bool) {
     s.closer_tid = tid;
     let task = unsafe { aya_ebpf::helpers::bpf_get_current_task() };
     if let Ok(flags) = kread::<u32>(task, conf!(task_flags)) {
@@ -174,15 +174,14 @@ fn local_close(s: &mut SockState, sk: u64, tid: u32) {
             s.flags |= F_EXITING_CLOSE;
         }
     }
-    let rcv_nxt: u32 = kread(sk, conf!(tp_rcv_nxt)).unwrap_or(0);
-    let copied: u32 = kread(sk, conf!(tp_copied_seq)).unwrap_or(0);
-    if rcv_nxt != copied {
-        s.flags |= F_UNREAD_AT_CLOSE;
-    }
-    let write_seq: u32 = kread(sk, conf!(tp_write_seq)).unwrap_or(0);
-    let snd_una: u32 = kread(sk, conf!(tp_snd_una)).unwrap_or(0);
-    if write_seq != snd_una {
-        s.flags |= F_UNACKED_AT_CLOSE;
+    // Unread data turns close() into an abort (__tcp_close() sends an RST
+    // and goes straight to CLOSE), so only an abortive close can have it.
+    if abortive {
+        let rcv_nxt: u32 = kread(sk, conf!(tp_rcv_nxt)).unwrap_or(0);
+        let copied: u32 = kread(sk, conf!(tp_copied_seq)).unwrap_or(0);
+        if rcv_nxt != copied {
+            s.flags |= F_UNREAD_AT_CLOSE;
+        }
     }
     if s.owner_tgid == 0 {
         let id = aya_ebpf::helpers::bpf_get_current_pid_tgid();
