@@ -205,6 +205,9 @@ pub struct Config {
     /// `struct inet_sock.inet_sport`: unlike `skc_num`, which
     /// `inet_put_port()` zeroes when the socket closes, it survives to the end.
     pub sk_inet_sport: u32,
+    /// `struct sock.sk_protocol` (a u16 since 5.6; ABSENT before, when it
+    /// was a bitfield): the raw tracepoint has no `protocol` argument.
+    pub sk_protocol: u32,
     pub sk_family: u32,
     pub sk_v6_daddr: u32,
     pub sk_v6_rcv_saddr: u32,
@@ -280,6 +283,7 @@ impl Config {
             sk_dport: ABSENT,
             sk_num: ABSENT,
             sk_inet_sport: ABSENT,
+            sk_protocol: ABSENT,
             sk_family: ABSENT,
             sk_v6_daddr: ABSENT,
             sk_v6_rcv_saddr: ABSENT,
@@ -302,7 +306,7 @@ impl Config {
     }
 }
 
-const _: () = assert!(size_of::<Config>() == 62 * 4);
+const _: () = assert!(size_of::<Config>() == 63 * 4);
 
 /// Per-socket state the kernel keeps in the `SOCKS` LRU map, keyed by the
 /// socket's kernel address.

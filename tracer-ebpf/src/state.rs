@@ -2,14 +2,17 @@
 //! and owner, the first change out of ESTABLISHED says who closed first, and
 //! `TCP_CLOSE` emits the socket's whole life as one record.
 
-use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{
+    macros::{btf_tracepoint, tracepoint},
+    programs::{BtfTracePointContext, TracePointContext},
+};
 use tracer_common::*;
 
 use crate::{
     conf,
     sock::{
-        count, current_comm, fresh_state, header, idle_ms, insert, kread, lookup_or_midlife,
-        netns_of, now_ns, passes, Rec, F_IGNORED,
+        count, current_comm, fresh_state, header, idle_ms, insert, kread, local_port,
+        lookup_or_midlife, netns_of, now_ns, passes, tuple_of, Rec, F_IGNORED,
     },
     EVENTS, LISTENERS, SOCKS,
 };
@@ -18,25 +21,78 @@ const ETIMEDOUT: i32 = 110;
 
 #[tracepoint]
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
-    match try_set_state(&ctx) {
+    match try_classic(&ctx) {
         Ok(v) | Err(v) => v as u32,
     }
 }
 
-fn try_set_state(ctx: &TracePointContext) -> Result<i64, i64> {
+/// The same hook as a BTF raw tracepoint, `inet_sock_set_state(sk, oldstate,
+/// newstate)` (include/trace/events/sock.h): the kernel calls the program
+/// with the arguments, without building the classic record first. Preferred
+/// when the kernel allows it; the classic one is the fallback.
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn inet_sock_set_state_btf(ctx: BtfTracePointContext) -> i32 {
+    match try_raw(&ctx) {
+        Ok(v) | Err(v) => v as i32,
+    }
+}
+
+/// Where a state change's addresses come from.
+pub trait Source {
+    fn tuple(&self, t: &mut Tuple);
+}
+
+/// The classic tracepoint's record.
+struct Classic<'a>(&'a Rec);
+
+impl Source for Classic<'_> {
+    #[inline(always)]
+    fn tuple(&self, t: &mut Tuple) {
+        let rec = self.0;
+        t.sport = rec.get(conf!(ss_sport)).unwrap_or(0);
+        t.dport = rec.get(conf!(ss_dport)).unwrap_or(0);
+        t.family = rec.get(conf!(ss_family)).unwrap_or(0);
+        if t.family == AF_INET6 {
+            t.saddr = rec.get(conf!(ss_saddr_v6)).unwrap_or([0; 16]);
+            t.daddr = rec.get(conf!(ss_daddr_v6)).unwrap_or([0; 16]);
+        } else {
+            let s4: [u8; 4] = rec.get(conf!(ss_saddr)).unwrap_or([0; 4]);
+            let d4: [u8; 4] = rec.get(conf!(ss_daddr)).unwrap_or([0; 4]);
+            t.saddr[..4].copy_from_slice(&s4);
+            t.daddr[..4].copy_from_slice(&d4);
+        }
+    }
+}
+
+/// The socket itself (raw tracepoint).
+struct Raw(u64);
+
+impl Source for Raw {
+    #[inline(always)]
+    fn tuple(&self, t: &mut Tuple) {
+        *t = tuple_of(self.0);
+    }
+}
+
+/// Half of a connection's ten state changes say nothing a verdict uses
+/// (SYN_SENT/SYN_RECV -> ESTABLISHED, FIN_WAIT1 -> FIN_WAIT2, ...): they
+/// leave before any map work. A listener closing is not a connection either
+/// (but LISTEN -> SYN_RECV is how an accepted socket is born:
+/// inet_csk_clone_lock()).
+#[inline(always)]
+fn wanted(old: u8, new: u8) -> bool {
+    let useful = matches!(new, TCP_SYN_SENT | TCP_SYN_RECV | TCP_LISTEN | TCP_CLOSE)
+        || old == TCP_ESTABLISHED
+        || old == TCP_CLOSE_WAIT;
+    useful && !(old == TCP_LISTEN && new != TCP_SYN_RECV)
+}
+
+fn try_classic(ctx: &TracePointContext) -> Result<i64, i64> {
     count(C_STATE_SEEN);
     let rec = Rec::read(ctx)?;
     let old = rec.get::<i32>(conf!(ss_oldstate))? as u8;
     let new = rec.get::<i32>(conf!(ss_newstate))? as u8;
-    // Half of a connection's ten state changes say nothing a verdict uses
-    // (SYN_SENT/SYN_RECV -> ESTABLISHED, FIN_WAIT1 -> FIN_WAIT2, ...): leave
-    // before any map work.
-    let wanted = matches!(new, TCP_SYN_SENT | TCP_SYN_RECV | TCP_LISTEN | TCP_CLOSE)
-        || old == TCP_ESTABLISHED
-        || old == TCP_CLOSE_WAIT;
-    // A listener closing is not a connection either (but LISTEN -> SYN_RECV
-    // is how an accepted socket is born: inet_csk_clone_lock()).
-    if !wanted || (old == TCP_LISTEN && new != TCP_SYN_RECV) {
+    if !wanted(old, new) {
         return Ok(0);
     }
     if rec.proto(conf!(ss_protocol), conf!(ss_protocol_size))? != IPPROTO_TCP {
@@ -45,6 +101,36 @@ fn try_set_state(ctx: &TracePointContext) -> Result<i64, i64> {
     let sk: u64 = rec.get(conf!(ss_skaddr))?;
     let sport: u16 = rec.get(conf!(ss_sport))?;
     let dport: u16 = rec.get(conf!(ss_dport))?;
+    on_change(&Classic(&rec), sk, old, new, sport, dport)
+}
+
+fn try_raw(ctx: &BtfTracePointContext) -> Result<i64, i64> {
+    count(C_STATE_SEEN);
+    let sk: u64 = ctx.arg(0);
+    let old = ctx.arg::<u64>(1) as u8;
+    let new = ctx.arg::<u64>(2) as u8;
+    if !wanted(old, new) {
+        return Ok(0);
+    }
+    if conf!(sk_protocol) != ABSENT && kread::<u16>(sk, conf!(sk_protocol))? != IPPROTO_TCP {
+        return Ok(0);
+    }
+    // Like the classic record (TP_STORE_ADDR_PORTS): inet_sport, inet_dport.
+    let sport = local_port(sk);
+    let dport = u16::from_be(kread::<u16>(sk, conf!(sk_dport)).unwrap_or(0));
+    on_change(&Raw(sk), sk, old, new, sport, dport)
+}
+
+/// Everything after the decoding, shared by both hooks.
+#[inline(always)]
+fn on_change<S: Source>(
+    src: &S,
+    sk: u64,
+    old: u8,
+    new: u8,
+    sport: u16,
+    dport: u16,
+) -> Result<i64, i64> {
     let now = now_ns();
 
     match new {
@@ -115,12 +201,12 @@ fn try_set_state(ctx: &TracePointContext) -> Result<i64, i64> {
         if inflight && new == TCP_FIN_WAIT1 {
             // The proxy gave up on a request in flight (its read timeout, or
             // its client left): let userspace join the 5xx that follows.
-            emit_conn(KIND_OBSERVE, sk, s, &rec, now, true);
+            emit_conn(KIND_OBSERVE, sk, s, src, now, true);
         } else if inflight && new == TCP_CLOSE_WAIT {
             // The backend's FIN answered a request: a failure now, although
             // the socket may close only after the proxy has written its 5xx
             // (HAProxy answers first, then closes). Softirq: no actor.
-            emit_conn(KIND_OBSERVE, sk, s, &rec, now, false);
+            emit_conn(KIND_OBSERVE, sk, s, src, now, false);
         }
     } else if old == TCP_CLOSE_WAIT
         && (new == TCP_LAST_ACK || (new == TCP_CLOSE && s.flags & F_RST_RECEIVED == 0))
@@ -133,7 +219,7 @@ fn try_set_state(ctx: &TracePointContext) -> Result<i64, i64> {
             s.flags |= F_RST_SENT;
         }
         if s.flags & F_INFLIGHT_AT_CLOSE != 0 {
-            emit_conn(KIND_OBSERVE, sk, s, &rec, now, true);
+            emit_conn(KIND_OBSERVE, sk, s, src, now, true);
         }
     } else if old == TCP_SYN_SENT && new == TCP_CLOSE {
         s.flags |= F_CONNECT_FAILED;
@@ -159,7 +245,7 @@ fn try_set_state(ctx: &TracePointContext) -> Result<i64, i64> {
     }
 
     if new == TCP_CLOSE {
-        on_close(&rec, sk, st, now);
+        on_close(src, sk, st, now);
     }
     Ok(0)
 }
@@ -195,7 +281,7 @@ fn local_close(s: &mut SockState, sk: u64, tid: u32, abortive: bool) {
 /// with `--all`). Reported sockets stay in the map until `tcp_destroy_sock`
 /// so a late RST or the application's close can still be joined.
 #[inline(always)]
-fn on_close(rec: &Rec, sk: u64, st: *mut SockState, now: u64) {
+fn on_close<S: Source>(src: &S, sk: u64, st: *mut SockState, now: u64) {
     // SAFETY: map value pointer.
     let s = unsafe { &mut *st };
     if s.flags & F_REPORTED != 0 {
@@ -208,7 +294,7 @@ fn on_close(rec: &Rec, sk: u64, st: *mut SockState, now: u64) {
     let abnormal = s.flags & F_ABNORMAL != 0 || err != 0;
     if abnormal || conf!(report_all) != 0 {
         s.flags |= F_REPORTED;
-        emit_conn(KIND_CLOSE, sk, s, rec, now, false);
+        emit_conn(KIND_CLOSE, sk, s, src, now, false);
     } else {
         let _ = SOCKS.remove(sk);
     }
@@ -216,21 +302,8 @@ fn on_close(rec: &Rec, sk: u64, st: *mut SockState, now: u64) {
 
 /// Writes a [`ConnRecord`] for this socket straight into the ring buffer.
 #[inline(always)]
-pub fn emit_conn(kind: u8, sk: u64, s: &SockState, rec: &Rec, now: u64, task_ctx: bool) {
-    emit_conn_tuple(kind, sk, s, now, task_ctx, |t| {
-        t.sport = rec.get(conf!(ss_sport)).unwrap_or(0);
-        t.dport = rec.get(conf!(ss_dport)).unwrap_or(0);
-        t.family = rec.get(conf!(ss_family)).unwrap_or(0);
-        if t.family == AF_INET6 {
-            t.saddr = rec.get(conf!(ss_saddr_v6)).unwrap_or([0; 16]);
-            t.daddr = rec.get(conf!(ss_daddr_v6)).unwrap_or([0; 16]);
-        } else {
-            let s4: [u8; 4] = rec.get(conf!(ss_saddr)).unwrap_or([0; 4]);
-            let d4: [u8; 4] = rec.get(conf!(ss_daddr)).unwrap_or([0; 4]);
-            t.saddr[..4].copy_from_slice(&s4);
-            t.daddr[..4].copy_from_slice(&d4);
-        }
-    });
+pub fn emit_conn<S: Source>(kind: u8, sk: u64, s: &SockState, src: &S, now: u64, task_ctx: bool) {
+    emit_conn_tuple(kind, sk, s, now, task_ctx, |t| src.tuple(t));
 }
 
 /// Shared by every [`ConnRecord`] producer; `fill` writes the addresses.

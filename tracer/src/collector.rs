@@ -299,6 +299,7 @@ fn write_start(
             "comms": cli.comms,
             "all": cli.all,
         },
+        "state_hook": loaded.state_hook,
         "hz": loaded.config.hz,
         "max_conns": cli.max_conns,
         "startup_ms": loaded.startup_ms,

@@ -662,6 +662,12 @@ const IPV6_MEMBERS: &[Member] = &[
     }),
 ];
 
+/// include/net/sock.h `u16 sk_protocol` (since 5.6; a bitfield before): the
+/// raw `inet_sock_set_state` tracepoint checks it, having no `protocol`.
+const PROTOCOL_MEMBERS: &[Member] = &[member("sock", "sk_protocol", Some(2), |c| {
+    &mut c.sk_protocol
+})];
+
 /// include/linux/sched.h `struct task_struct { ... unsigned int flags; }` (PF_EXITING).
 const TASK_MEMBERS: &[Member] = &[member("task_struct", "flags", Some(4), |c| {
     &mut c.task_flags
@@ -769,8 +775,12 @@ pub fn build_config(tracefs: &Path, btf: &Btf) -> Result<Resolved, LayoutError> 
     for (slot, offset) in resolve_members(btf, REQUIRED_MEMBERS)? {
         *slot(&mut config) = offset;
     }
-    let optional: [(&str, Result<Filled, LayoutError>); 3] = [
+    let optional: [(&str, Result<Filled, LayoutError>); 4] = [
         ("ipv6_socket_addresses", resolve_members(btf, IPV6_MEMBERS)),
+        (
+            "raw_state_tracepoint",
+            resolve_members(btf, PROTOCOL_MEMBERS),
+        ),
         ("process_exit_detection", resolve_members(btf, TASK_MEMBERS)),
         ("http_status_sniffing", resolve_sniffing(btf)),
     ];
@@ -1066,7 +1076,11 @@ mod tests {
         b.struct_(
             "sock",
             760,
-            &[("__sk_common", sock_common, 0), ("sk_err", int, 2240)],
+            &[
+                ("__sk_common", sock_common, 0),
+                ("sk_err", int, 2240),
+                ("sk_protocol", u16_, 4000),
+            ],
         );
         let ack = b.struct_("", 24, &[("pending", u8_, 0), ("lrcvtime", u32_, 96)]);
         b.struct_("inet_sock", 1000, &[("inet_sport", u16_, 7040)]);

@@ -79,6 +79,8 @@ pub struct Loaded {
     pub config: Config,
     /// How long start-up (layout, load, verify, attach) took.
     pub startup_ms: u64,
+    /// `tp_btf` or `tracepoint`: how `sock:inet_sock_set_state` is attached.
+    pub state_hook: &'static str,
 }
 
 /// Mounts tracefs when it is missing (fresh machines here do not mount it).
@@ -162,7 +164,26 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
 
     fill_filters(&mut ebpf, opts)?;
 
+    // The state hook runs ten times per connection: as a BTF raw tracepoint
+    // the kernel skips building the classic record. The classic tracepoint
+    // is the fallback (older kernels, no BTF).
+    let state_hook = match attach_btf(
+        &mut ebpf,
+        "inet_sock_set_state_btf",
+        "inet_sock_set_state",
+        aya_btf.as_ref(),
+    ) {
+        Ok(()) => "tp_btf",
+        Err(e) => {
+            log::info!("{e}; using the classic tracepoint for state changes");
+            "tracepoint"
+        }
+    };
+
     for (prog, group, event) in TRACEPOINTS {
+        if *prog == "inet_sock_set_state" && state_hook == "tp_btf" {
+            continue;
+        }
         let name = format!("{group}:{event}");
         let status = hooks.iter_mut().find(|h| h.name == name);
         if let Some(h) = &status {
@@ -186,7 +207,12 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
     // The only per-send hook: owner attribution of accepted sockets, request
     // counting and the 5xx status line. Optional: without it conn_end works.
     let send = "btf:tcp_sendmsg_locked".to_string();
-    match attach_send(&mut ebpf, aya_btf.as_ref()) {
+    match attach_btf(
+        &mut ebpf,
+        "tcp_sendmsg_locked",
+        "tcp_sendmsg_locked",
+        aya_btf.as_ref(),
+    ) {
         Ok(()) => hooks.push(HookStatus {
             name: send,
             available: true,
@@ -209,6 +235,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         rst_names,
         config,
         startup_ms: started.elapsed().as_millis() as u64,
+        state_hook,
     })
 }
 
@@ -239,19 +266,24 @@ fn attach_tracepoint(
     Ok(())
 }
 
-fn attach_send(ebpf: &mut Ebpf, btf: Option<&aya::Btf>) -> Result<(), LoadError> {
-    let what = "BTF tracepoint tcp_sendmsg_locked".to_string();
+fn attach_btf(
+    ebpf: &mut Ebpf,
+    prog: &str,
+    tracepoint: &str,
+    btf: Option<&aya::Btf>,
+) -> Result<(), LoadError> {
+    let what = format!("BTF tracepoint {tracepoint}");
     let err = |source| LoadError::Program {
         what: what.clone(),
         source,
     };
     let btf = btf.ok_or_else(|| err(aya::programs::ProgramError::UnexpectedProgramType))?;
     let p: &mut BtfTracePoint = ebpf
-        .program_mut("tcp_sendmsg_locked")
+        .program_mut(prog)
         .ok_or_else(|| err(aya::programs::ProgramError::UnexpectedProgramType))?
         .try_into()
         .map_err(err)?;
-    p.load("tcp_sendmsg_locked", btf).map_err(err)?;
+    p.load(tracepoint, btf).map_err(err)?;
     p.attach().map_err(err)?;
     Ok(())
 }
