@@ -513,3 +513,43 @@ fn output_file_and_duration() {
     assert_eq!(lines.last().expect("last")["final"], true);
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// The classic tracepoint stays the fallback for kernels without BTF raw
+/// tracepoints: forced here, the same verdicts come out, and the `start`
+/// line says which hook is in use.
+#[test]
+fn classic_state_tracepoint_fallback() {
+    let ns = Netns::new("classic").expect("netns");
+    let t = trace_ns(&ns, &["--state-hook", "tracepoint", "--all"]);
+    assert_eq!(t.lines()[0]["state_hook"], "tracepoint", "{}", t.lines()[0]);
+    let fin = choreo(&ns, "local_fin", port(), IDLE_MS);
+    let rst = choreo(&ns, "local_rst", port(), 50);
+    let refused = choreo(&ns, "refused", port(), 0);
+    let f = end_of(&t, fin["client"].as_str().expect("client"));
+    check(&f, "local", "fin", None, None, None);
+    assert!(within(&f["idle_ms"], IDLE_MS, 10), "idle {}", f["idle_ms"]);
+    assert_eq!(f["role"], "client");
+    let s = end_of(&t, fin["server"].as_str().expect("server"));
+    assert_eq!(s["role"], "server");
+    let r = end_of(&t, rst["client"].as_str().expect("client"));
+    check(&r, "local", "rst", Some("TCP_STATE"), None, None);
+    let c = end_of(&t, refused["client"].as_str().expect("client"));
+    check(
+        &c,
+        "peer",
+        "refused",
+        None,
+        Some("ECONNREFUSED"),
+        Some("connection_refused"),
+    );
+    stop(t);
+}
+
+/// By default this kernel takes the cheaper raw tracepoint.
+#[test]
+fn raw_state_tracepoint_by_default() {
+    let ns = Netns::new("raw").expect("netns");
+    let t = trace_ns(&ns, &[]);
+    assert_eq!(t.lines()[0]["state_hook"], "tp_btf", "{}", t.lines()[0]);
+    stop(t);
+}

@@ -64,6 +64,11 @@ pub struct Cli {
           value_parser = clap::value_parser!(u32).range(1024..=4_194_304))]
     pub max_conns: u32,
 
+    /// How to attach the state-change hook: `auto` prefers the BTF raw
+    /// tracepoint (cheaper) and falls back to the classic tracepoint.
+    #[arg(long = "state-hook", value_enum, default_value_t = StateHook::Auto)]
+    pub state_hook: StateHook,
+
     /// Human-readable lines instead of NDJSON.
     #[arg(long)]
     pub text: bool,
@@ -71,6 +76,16 @@ pub struct Cli {
     /// Host name to put in every line (default: this machine's).
     #[arg(long, value_name = "NAME")]
     pub host: Option<String>,
+}
+
+/// `--state-hook`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum StateHook {
+    #[default]
+    Auto,
+    #[value(name = "tp_btf")]
+    TpBtf,
+    Tracepoint,
 }
 
 #[cfg(test)]

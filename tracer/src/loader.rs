@@ -68,6 +68,7 @@ pub struct LoadOptions {
     /// Network-namespace inodes to trace; `None`: no namespace filter.
     pub netns: Option<Vec<u32>>,
     pub max_conns: u32,
+    pub state_hook: crate::cli::StateHook,
 }
 
 /// The loaded programs and what could not be attached.
@@ -167,17 +168,22 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
     // The state hook runs ten times per connection: as a BTF raw tracepoint
     // the kernel skips building the classic record. The classic tracepoint
     // is the fallback (older kernels, no BTF).
-    let state_hook = match attach_btf(
-        &mut ebpf,
-        "inet_sock_set_state_btf",
-        "inet_sock_set_state",
-        aya_btf.as_ref(),
-    ) {
-        Ok(()) => "tp_btf",
-        Err(e) => {
-            log::info!("{e}; using the classic tracepoint for state changes");
-            "tracepoint"
-        }
+    use crate::cli::StateHook;
+    let state_hook = match opts.state_hook {
+        StateHook::Tracepoint => "tracepoint",
+        wanted => match attach_btf(
+            &mut ebpf,
+            "inet_sock_set_state_btf",
+            "inet_sock_set_state",
+            aya_btf.as_ref(),
+        ) {
+            Ok(()) => "tp_btf",
+            Err(e) if wanted == StateHook::TpBtf => return Err(e),
+            Err(e) => {
+                log::info!("{e}; using the classic tracepoint for state changes");
+                "tracepoint"
+            }
+        },
     };
 
     for (prog, group, event) in TRACEPOINTS {

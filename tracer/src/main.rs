@@ -70,6 +70,7 @@ fn run(cli: cli::Cli) -> Result<(), Failure> {
         ports: cli.ports.clone(),
         netns: filters.kernel_netns(),
         max_conns: cli.max_conns,
+        state_hook: cli.state_hook,
     };
     let loaded = loader::load(&opts)
         .context("cannot start tracing")
