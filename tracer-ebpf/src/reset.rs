@@ -7,7 +7,7 @@ use tracer_common::*;
 use crate::{
     conf,
     sock::{
-        count, header, kread, local_port, lookup_or_midlife, netns_of, now_ns, passes, reported,
+        count, header, lookup_or_midlife, netns_of, now_ns, passes, ports_of, reported,
         tp_sockaddr, tpread, tuple_of,
     },
     state::BPF_RB_NO_WAKEUP,
@@ -27,10 +27,8 @@ fn try_receive_reset(ctx: &TracePointContext) -> Result<i64, i64> {
     if sk == 0 {
         return Ok(0);
     }
-    let lport = local_port(sk);
-    let rport = u16::from_be(kread::<u16>(sk, conf!(sk_dport)).unwrap_or(0));
     let now = now_ns();
-    let Some(st) = lookup_or_midlife(sk, lport, rport, now) else {
+    let Some(st) = lookup_or_midlife(sk, || ports_of(sk), now) else {
         return Ok(0);
     };
     // SAFETY: map value pointer.

@@ -35,14 +35,10 @@ fn try_send(ctx: &BtfTracePointContext) -> Result<i64, i64> {
             }
             st
         }
-        None => {
-            let lport = crate::sock::local_port(sk);
-            let rport = u16::from_be(kread::<u16>(sk, conf!(sk_dport)).unwrap_or(0));
-            match lookup_or_midlife(sk, lport, rport, now_ns()) {
-                Some(st) => st,
-                None => return Ok(0),
-            }
-        }
+        None => match lookup_or_midlife(sk, || crate::sock::ports_of(sk), now_ns()) {
+            Some(st) => st,
+            None => return Ok(0),
+        },
     };
     count(C_SEND_SEEN);
     // SAFETY: map value pointer, valid for this program run.

@@ -180,6 +180,15 @@ pub fn tuple_of(sk: u64) -> Tuple {
     t
 }
 
+/// (local, remote) ports of a socket, also after close.
+#[inline(always)]
+pub fn ports_of(sk: u64) -> (u16, u16) {
+    (
+        local_port(sk),
+        u16::from_be(kread::<u16>(sk, conf!(sk_dport)).unwrap_or(0)),
+    )
+}
+
 /// The local port, also after close (see `Config::sk_inet_sport`).
 #[inline(always)]
 pub fn local_port(sk: u64) -> u16 {
@@ -276,7 +285,12 @@ pub use tracer_common::F_IGNORED;
 /// before the tracer, or fell out of the LRU). Returns `None` for sockets the
 /// filters exclude.
 #[inline(always)]
-pub fn lookup_or_midlife(sk: u64, lport: u16, rport: u16, now: u64) -> Option<*mut SockState> {
+/// `ports` (local, remote) is only called for a socket new to the map.
+pub fn lookup_or_midlife(
+    sk: u64,
+    ports: impl FnOnce() -> (u16, u16),
+    now: u64,
+) -> Option<*mut SockState> {
     if let Some(st) = SOCKS.get_ptr_mut(sk) {
         // SAFETY: map value pointer, valid for this program run.
         if unsafe { (*st).flags } & F_IGNORED != 0 {
@@ -285,6 +299,7 @@ pub fn lookup_or_midlife(sk: u64, lport: u16, rport: u16, now: u64) -> Option<*m
         return Some(st);
     }
     let netns = netns_of(sk);
+    let (lport, rport) = ports();
     if !passes(netns, lport, rport) {
         let _ = insert(sk, &fresh_state(now, netns, F_IGNORED));
         return None;

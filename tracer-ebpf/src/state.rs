@@ -11,8 +11,8 @@ use tracer_common::*;
 use crate::{
     conf,
     sock::{
-        count, current_comm, fresh_state, header, idle_ms, insert, kread, local_port,
-        lookup_or_midlife, netns_of, now_ns, passes, tuple_of, Rec, F_IGNORED,
+        count, current_comm, fresh_state, header, idle_ms, insert, kread, lookup_or_midlife,
+        netns_of, now_ns, passes, ports_of, tuple_of, Rec, F_IGNORED,
     },
     EVENTS, LISTENERS, SOCKS,
 };
@@ -101,7 +101,7 @@ fn try_classic(ctx: &TracePointContext) -> Result<i64, i64> {
     let sk: u64 = rec.get(conf!(ss_skaddr))?;
     let sport: u16 = rec.get(conf!(ss_sport))?;
     let dport: u16 = rec.get(conf!(ss_dport))?;
-    on_change(&Classic(&rec), sk, old, new, sport, dport)
+    on_change(&Classic(&rec), sk, old, new, || (sport, dport))
 }
 
 fn try_raw(ctx: &BtfTracePointContext) -> Result<i64, i64> {
@@ -115,10 +115,9 @@ fn try_raw(ctx: &BtfTracePointContext) -> Result<i64, i64> {
     if conf!(sk_protocol) != ABSENT && kread::<u16>(sk, conf!(sk_protocol))? != IPPROTO_TCP {
         return Ok(0);
     }
-    // Like the classic record (TP_STORE_ADDR_PORTS): inet_sport, inet_dport.
-    let sport = local_port(sk);
-    let dport = u16::from_be(kread::<u16>(sk, conf!(sk_dport)).unwrap_or(0));
-    on_change(&Raw(sk), sk, old, new, sport, dport)
+    // Like the classic record (TP_STORE_ADDR_PORTS): inet_sport, inet_dport,
+    // read only when a socket is new to the map.
+    on_change(&Raw(sk), sk, old, new, || ports_of(sk))
 }
 
 /// Everything after the decoding, shared by both hooks.
@@ -128,19 +127,24 @@ fn on_change<S: Source>(
     sk: u64,
     old: u8,
     new: u8,
-    sport: u16,
-    dport: u16,
+    ports: impl Fn() -> (u16, u16),
 ) -> Result<i64, i64> {
     let now = now_ns();
 
     match new {
-        TCP_SYN_SENT => return on_connect(sk, sport, dport, now),
-        TCP_SYN_RECV => return on_accept_birth(sk, sport, dport, now),
-        TCP_LISTEN => return on_listen(sk, sport),
+        TCP_SYN_SENT => {
+            let (sport, dport) = ports();
+            return on_connect(sk, sport, dport, now);
+        }
+        TCP_SYN_RECV => {
+            let (sport, dport) = ports();
+            return on_accept_birth(sk, sport, dport, now);
+        }
+        TCP_LISTEN => return on_listen(sk, ports().0),
         _ => {}
     }
     let st = if old == TCP_ESTABLISHED || new == TCP_CLOSE {
-        match lookup_or_midlife(sk, sport, dport, now) {
+        match lookup_or_midlife(sk, ports, now) {
             Some(st) => st,
             None => {
                 if new == TCP_CLOSE {
