@@ -1,28 +1,39 @@
 //! `tcp:tcp_destroy_sock` (the end of a socket's memory) and
 //! `sock:inet_sk_error_report` (the error the application is told).
 
-use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{
+    macros::{btf_tracepoint, tracepoint},
+    programs::{BtfTracePointContext, TracePointContext},
+};
 use tracer_common::*;
 
 use crate::{
     conf,
-    sock::{count, header, now_ns, reported, tpread, tpread_proto, tuple_of},
+    sock::{count, header, now_ns, reported, tpread, tpread_proto, tuple_of, Local, Lru, Store},
     state::{emit_conn_tuple, BPF_RB_NO_WAKEUP},
-    EVENTS, PORTS, SOCKS,
+    EVENTS, PORTS,
 };
 
 #[tracepoint]
 pub fn tcp_destroy_sock(ctx: TracePointContext) -> u32 {
-    match try_destroy(&ctx) {
-        Ok(v) | Err(v) => v as u32,
+    count(C_DESTROY_SEEN);
+    match tpread(&ctx, conf!(ds_skaddr)) {
+        Ok(sk) => on_destroy::<Lru>(sk) as u32,
+        Err(e) => e as u32,
     }
 }
 
-fn try_destroy(ctx: &TracePointContext) -> Result<i64, i64> {
+/// `tcp_destroy_sock(sk)`.
+#[btf_tracepoint(function = "tcp_destroy_sock")]
+pub fn tcp_destroy_sock_btf(ctx: BtfTracePointContext) -> i32 {
     count(C_DESTROY_SEEN);
-    let sk: u64 = tpread(ctx, conf!(ds_skaddr))?;
-    let Some(st) = SOCKS.get_ptr_mut(sk) else {
-        return Ok(0);
+    on_destroy::<Local>(ctx.arg(0)) as i32
+}
+
+#[inline(always)]
+fn on_destroy<M: Store>(sk: u64) -> i64 {
+    let Some(st) = M::get(sk) else {
+        return 0;
     };
     // SAFETY: map value pointer.
     let s = unsafe { &*st };
@@ -37,8 +48,8 @@ fn try_destroy(ctx: &TracePointContext) -> Result<i64, i64> {
             *t = tuple_of(sk)
         });
     }
-    let _ = SOCKS.remove(sk);
-    Ok(0)
+    M::forget(sk, Some(st));
+    0
 }
 
 #[tracepoint]

@@ -1,6 +1,7 @@
 //! Kernel half of the tracer: tracepoint programs that keep per-socket state
-//! in a bounded LRU map and emit one compact record per socket that ends
-//! abnormally (or per socket, with `--all`) to a single ring buffer.
+//! (in socket-local storage from BTF programs, else in a bounded LRU map) and
+//! emit one compact record per socket that ends abnormally (or per socket,
+//! with `--all`) to a single ring buffer.
 //!
 //! Field offsets are never hard-coded: userspace parses tracefs `format`
 //! files and BTF at start-up and hands them over in [`CONFIG`].
@@ -14,7 +15,8 @@ mod sock;
 mod state;
 
 use aya_ebpf::{
-    macros::map,
+    btf_maps::SkStorage,
+    macros::{btf_map, map},
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use tracer_common::{
@@ -28,6 +30,11 @@ static CONFIG: Config = Config::empty();
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
 
+/// Per-socket state for the BTF programs (`sock::Local`).
+#[btf_map]
+static SOCK_STORE: SkStorage<SockState> = SkStorage::new();
+
+/// Per-socket state for the classic tracepoints (`sock::Lru`).
 #[map]
 static SOCKS: LruHashMap<u64, SockState> = LruHashMap::with_max_entries(DEFAULT_MAX_SOCKS, 0);
 

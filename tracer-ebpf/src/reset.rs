@@ -1,35 +1,47 @@
 //! `tcp:tcp_send_reset` and `tcp:tcp_receive_reset`: RST direction, and the
-//! kernel's `sk_rst_reason` on 6.10+.
+//! kernel's `sk_rst_reason` on 6.10+. Each comes as a classic tracepoint
+//! (next to the LRU store) and as a BTF tracepoint (socket-local storage).
 
-use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{
+    macros::{btf_tracepoint, tracepoint},
+    programs::{BtfTracePointContext, TracePointContext},
+};
 use tracer_common::*;
 
 use crate::{
     conf,
     sock::{
-        count, header, lookup_or_midlife, netns_of, now_ns, passes, ports_of, reported,
-        tp_sockaddr, tpread, tuple_of,
+        count, header, kread, lookup_or_midlife, netns_of, now_ns, passes, ports_of, reported,
+        tp_sockaddr, tpread, tuple_of, tuple_of_any, Local, Lru, Store,
     },
     state::BPF_RB_NO_WAKEUP,
-    EVENTS, SOCKS,
+    EVENTS,
 };
 
 #[tracepoint]
 pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
-    match try_receive_reset(&ctx) {
-        Ok(v) | Err(v) => v as u32,
+    count(C_RESET_SEEN);
+    match tpread(&ctx, conf!(rr_skaddr)) {
+        Ok(sk) => on_receive_reset::<Lru>(sk) as u32,
+        Err(e) => e as u32,
     }
 }
 
-fn try_receive_reset(ctx: &TracePointContext) -> Result<i64, i64> {
+/// `tcp_receive_reset(sk)`.
+#[btf_tracepoint(function = "tcp_receive_reset")]
+pub fn tcp_receive_reset_btf(ctx: BtfTracePointContext) -> i32 {
     count(C_RESET_SEEN);
-    let sk: u64 = tpread(ctx, conf!(rr_skaddr))?;
+    on_receive_reset::<Local>(ctx.arg(0)) as i32
+}
+
+#[inline(always)]
+fn on_receive_reset<M: Store>(sk: u64) -> i64 {
     if sk == 0 {
-        return Ok(0);
+        return 0;
     }
     let now = now_ns();
-    let Some(st) = lookup_or_midlife(sk, || ports_of(sk), now) else {
-        return Ok(0);
+    let Some(st) = lookup_or_midlife::<M>(sk, || ports_of(sk), now) else {
+        return 0;
     };
     // SAFETY: map value pointer.
     let s = unsafe { &mut *st };
@@ -37,34 +49,70 @@ fn try_receive_reset(ctx: &TracePointContext) -> Result<i64, i64> {
     if s.rst_ns == 0 {
         s.rst_ns = now;
     }
-    Ok(0)
+    0
 }
 
 #[tracepoint]
 pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
-    match try_send_reset(&ctx) {
-        Ok(v) | Err(v) => v as u32,
-    }
-}
-
-fn try_send_reset(ctx: &TracePointContext) -> Result<i64, i64> {
     count(C_RESET_SEEN);
-    // A reset answering a segment that matched no socket (e.g. a SYN to a
-    // closed port) has no socket: the connecting side reports "refused".
-    let sk: u64 = tpread(ctx, conf!(sr_skaddr))?;
-    if sk == 0 {
-        return Ok(0);
-    }
-    let reason_plus1 = match tpread::<u32>(ctx, conf!(sr_reason)) {
+    let Ok(sk) = tpread::<u64>(&ctx, conf!(sr_skaddr)) else {
+        return 0;
+    };
+    let reason_plus1 = match tpread::<u32>(&ctx, conf!(sr_reason)) {
         Ok(r) => r.wrapping_add(1),
         Err(_) => 0,
     };
+    let state: i32 = tpread(&ctx, conf!(sr_state)).unwrap_or(0);
+    on_send_reset::<Lru>(sk, reason_plus1, state as u32, |tuple| {
+        // The record's own addresses: right for time-wait sockets too.
+        *tuple = tuple_of(sk);
+        if conf!(sr_saddr) != ABSENT && conf!(sr_daddr) != ABSENT {
+            let mut t = *tuple;
+            let (family, sport) = tp_sockaddr(&ctx, conf!(sr_saddr), &mut t.saddr);
+            let (_, dport) = tp_sockaddr(&ctx, conf!(sr_daddr), &mut t.daddr);
+            if family != 0 {
+                t.family = family;
+                t.sport = sport;
+                t.dport = dport;
+                *tuple = t;
+            }
+        }
+    }) as u32
+}
+
+/// `tcp_send_reset(sk, skb[, reason])` (the reason is 6.10+; the classic
+/// format says whether this kernel has it).
+#[btf_tracepoint(function = "tcp_send_reset")]
+pub fn tcp_send_reset_btf(ctx: BtfTracePointContext) -> i32 {
+    count(C_RESET_SEEN);
+    let sk: u64 = ctx.arg(0);
+    let reason_plus1 = if conf!(sr_reason) != ABSENT {
+        (ctx.arg::<u64>(2) as u32).wrapping_add(1)
+    } else {
+        0
+    };
+    let state = kread::<u8>(sk, conf!(sk_state)).unwrap_or(0) as u32;
+    on_send_reset::<Local>(sk, reason_plus1, state, |t| *t = tuple_of_any(sk)) as i32
+}
+
+#[inline(always)]
+fn on_send_reset<M: Store>(
+    sk: u64,
+    reason_plus1: u32,
+    state: u32,
+    addresses: impl FnOnce(&mut Tuple),
+) -> i64 {
+    // A reset answering a segment that matched no socket (e.g. a SYN to a
+    // closed port) has no socket: the connecting side reports "refused".
+    if sk == 0 {
+        return 0;
+    }
     let now = now_ns();
-    if let Some(st) = SOCKS.get_ptr_mut(sk) {
+    if let Some(st) = M::get(sk) {
         // SAFETY: map value pointer.
         let s = unsafe { &mut *st };
         if s.flags & F_IGNORED != 0 {
-            return Ok(0);
+            return 0;
         }
         if !reported(st) {
             s.flags |= F_RST_SENT;
@@ -72,37 +120,35 @@ fn try_send_reset(ctx: &TracePointContext) -> Result<i64, i64> {
             if s.rst_ns == 0 {
                 s.rst_ns = now;
             }
-            return Ok(0);
+            return 0;
         }
     }
     // Already reported, destroyed, or a time-wait socket: a separate record,
     // joined in userspace by socket address and then by addresses.
-    let mut tuple = tuple_of(sk);
-    if conf!(sr_saddr) != ABSENT && conf!(sr_daddr) != ABSENT {
-        let (family, sport) = tp_sockaddr(ctx, conf!(sr_saddr), &mut tuple.saddr);
-        let (_, dport) = tp_sockaddr(ctx, conf!(sr_daddr), &mut tuple.daddr);
-        if family != 0 {
-            tuple.family = family;
-            tuple.sport = sport;
-            tuple.dport = dport;
-        }
-    }
+    let mut tuple = Tuple {
+        saddr: [0; 16],
+        daddr: [0; 16],
+        sport: 0,
+        dport: 0,
+        family: 0,
+        _pad: 0,
+    };
+    addresses(&mut tuple);
     let netns = netns_of(sk);
     if !passes(netns, tuple.sport, tuple.dport) {
-        return Ok(0);
+        return 0;
     }
-    let state: i32 = tpread(ctx, conf!(sr_state)).unwrap_or(0);
     let Some(mut entry) = EVENTS.reserve::<ResetRecord>(0) else {
         count(C_LOST_RINGBUF);
-        return Ok(0);
+        return 0;
     };
     entry.write(ResetRecord {
         hdr: header(KIND_RESET, sk, now),
         tuple,
         reason_plus1,
-        state: state as u32,
+        state,
     });
     entry.submit(BPF_RB_NO_WAKEUP);
     count(C_EMITTED);
-    Ok(0)
+    0
 }

@@ -13,21 +13,33 @@ use tracer_common::*;
 
 use crate::{
     conf,
-    sock::{count, current_comm, header, idle_ms, kread, lookup_or_midlife, now_ns, tuple_of},
+    sock::{
+        count, current_comm, header, idle_ms, kread, lookup_or_midlife, now_ns, ports_of,
+        tuple_of, Local, Lru, Store,
+    },
     state::BPF_RB_NO_WAKEUP,
     EVENTS,
 };
 
 #[btf_tracepoint(function = "tcp_sendmsg_locked")]
 pub fn tcp_sendmsg_locked(ctx: BtfTracePointContext) -> i32 {
-    match try_send(&ctx) {
+    match try_send::<Local>(&ctx) {
         Ok(v) | Err(v) => v as i32,
     }
 }
 
-fn try_send(ctx: &BtfTracePointContext) -> Result<i64, i64> {
+/// The same, next to classic state tracepoints (their LRU map).
+#[btf_tracepoint(function = "tcp_sendmsg_locked")]
+pub fn tcp_sendmsg_locked_lru(ctx: BtfTracePointContext) -> i32 {
+    match try_send::<Lru>(&ctx) {
+        Ok(v) | Err(v) => v as i32,
+    }
+}
+
+#[inline(always)]
+fn try_send<M: Store>(ctx: &BtfTracePointContext) -> Result<i64, i64> {
     let sk: u64 = ctx.arg(0);
-    let st = match crate::SOCKS.get_ptr_mut(sk) {
+    let st = match M::get(sk) {
         Some(st) => {
             // SAFETY: map value pointer.
             if unsafe { (*st).flags } & F_IGNORED != 0 {
@@ -35,7 +47,7 @@ fn try_send(ctx: &BtfTracePointContext) -> Result<i64, i64> {
             }
             st
         }
-        None => match lookup_or_midlife(sk, || crate::sock::ports_of(sk), now_ns()) {
+        None => match lookup_or_midlife::<M>(sk, || ports_of(sk), now_ns()) {
             Some(st) => st,
             None => return Ok(0),
         },

@@ -10,8 +10,8 @@ use aya_ebpf::{
     EbpfContext as _,
 };
 use tracer_common::{
-    Header, SockState, Tuple, ABSENT, AF_INET6, COMM_LEN, C_FILTERED, C_LOST_MAP_FULL, F_MIDLIFE,
-    F_REPORTED,
+    Header, SockState, Tuple, ABSENT, AF_INET6, COMM_LEN, C_FILTERED, C_LOST_MAP_FULL, F_DONE,
+    F_MIDLIFE, F_REPORTED, TCP_NEW_SYN_RECV, TCP_TIME_WAIT,
 };
 
 use crate::{conf, COUNTERS, NETNS, PORTS, SOCKS};
@@ -180,6 +180,18 @@ pub fn tuple_of(sk: u64) -> Tuple {
     t
 }
 
+/// Like [`tuple_of`], for any kind of socket: a time-wait or request socket
+/// has no `inet_sock`, its local port is `skc_num` (kept while it is hashed).
+#[inline(always)]
+pub fn tuple_of_any(sk: u64) -> Tuple {
+    let mut t = tuple_of(sk);
+    let state: u8 = kread(sk, conf!(sk_state)).unwrap_or(0);
+    if state == TCP_TIME_WAIT || state == TCP_NEW_SYN_RECV {
+        t.sport = kread::<u16>(sk, conf!(sk_num)).unwrap_or(0);
+    }
+    t
+}
+
 /// (local, remote) ports of a socket, also after close.
 #[inline(always)]
 pub fn ports_of(sk: u64) -> (u16, u16) {
@@ -269,29 +281,119 @@ pub fn fresh_state(now: u64, netns: u32, flags: u32) -> SockState {
     }
 }
 
-/// Inserts a state, counting a full map as loss.
-#[inline(always)]
-pub fn insert(sk: u64, st: &SockState) -> Option<*mut SockState> {
-    if SOCKS.insert(sk, st, 0).is_err() {
-        count(C_LOST_MAP_FULL);
-        return None;
+/// Where per-socket state lives. Two homes, the same logic: programs are
+/// generic over the store and the loader attaches one set.
+pub trait Store {
+    /// The socket's state, if it has one (ignored sockets included).
+    fn get(sk: u64) -> Option<*mut SockState>;
+    /// Gives the socket this state (a birth, or a socket first seen
+    /// mid-life), replacing any earlier one.
+    fn put(sk: u64, st: &SockState) -> Option<*mut SockState>;
+    /// The socket is done with (closed normally, or destroyed): later hooks
+    /// must not find it. `st` is its state when the caller has it; without
+    /// it, an ignored or unknown socket.
+    fn forget(sk: u64, st: Option<*mut SockState>);
+}
+
+/// `SOCKS`, a bounded LRU hash map keyed by the socket's address: works
+/// from classic tracepoints (kernels or settings without BTF programs).
+pub struct Lru;
+
+impl Store for Lru {
+    #[inline(always)]
+    fn get(sk: u64) -> Option<*mut SockState> {
+        SOCKS.get_ptr_mut(sk)
     }
-    SOCKS.get_ptr_mut(sk)
+
+    #[inline(always)]
+    fn put(sk: u64, st: &SockState) -> Option<*mut SockState> {
+        if SOCKS.insert(sk, st, 0).is_err() {
+            count(C_LOST_MAP_FULL);
+            return None;
+        }
+        SOCKS.get_ptr_mut(sk)
+    }
+
+    #[inline(always)]
+    fn forget(sk: u64, _st: Option<*mut SockState>) {
+        let _ = SOCKS.remove(sk);
+    }
+}
+
+/// `SOCK_STORE`, socket-local storage (`BPF_MAP_TYPE_SK_STORAGE`): the state
+/// hangs off the socket itself (`sk->sk_bpf_storage`), so a lookup is a
+/// pointer chase instead of a hash, nothing is shared between CPUs, there is
+/// no size to outgrow, and the kernel frees it with the socket. Only BTF
+/// programs (whose `sk` argument the verifier knows) may use it.
+pub struct Local;
+
+/// `bpf_sk_storage_get` flag: create the storage if missing.
+const SK_STORAGE_CREATE: u64 = 1;
+
+impl Local {
+    #[inline(always)]
+    fn storage(sk: u64, flags: u64) -> Option<*mut SockState> {
+        let map = core::ptr::addr_of!(crate::SOCK_STORE) as *mut core::ffi::c_void;
+        // SAFETY: `sk` is the BTF `struct sock *` argument of the program
+        // (the verifier checks it); NULL and non-full sockets give NULL.
+        let p = unsafe {
+            aya_ebpf::helpers::generated::bpf_sk_storage_get(
+                map,
+                sk as *mut core::ffi::c_void,
+                core::ptr::null_mut(),
+                flags,
+            )
+        } as *mut SockState;
+        (!p.is_null()).then_some(p)
+    }
+}
+
+impl Store for Local {
+    #[inline(always)]
+    fn get(sk: u64) -> Option<*mut SockState> {
+        match Self::storage(sk, 0) {
+            // SAFETY: storage pointer, valid for this program run.
+            Some(p) if unsafe { (*p).flags } & F_DONE == 0 => Some(p),
+            _ => None,
+        }
+    }
+
+    #[inline(always)]
+    fn put(sk: u64, st: &SockState) -> Option<*mut SockState> {
+        let Some(p) = Self::storage(sk, SK_STORAGE_CREATE) else {
+            count(C_LOST_MAP_FULL);
+            return None;
+        };
+        // SAFETY: storage pointer, valid for this program run.
+        unsafe { *p = *st };
+        Some(p)
+    }
+
+    #[inline(always)]
+    fn forget(_sk: u64, st: Option<*mut SockState>) {
+        // Marking is cheaper than bpf_sk_storage_delete (a lock and an RCU
+        // free), and the storage goes with the socket anyway. An ignored
+        // socket stays ignored until a new birth overwrites it.
+        if let Some(p) = st {
+            // SAFETY: storage pointer, valid for this program run.
+            unsafe { (*p).flags = F_DONE };
+        }
+    }
 }
 
 pub use tracer_common::F_IGNORED;
 
 /// Looks a socket up, or starts tracking one first seen mid-life (it existed
 /// before the tracer, or fell out of the LRU). Returns `None` for sockets the
-/// filters exclude.
+/// filters exclude. `ports` (local, remote) is only called for a socket new
+/// to the store.
 #[inline(always)]
-/// `ports` (local, remote) is only called for a socket new to the map.
-pub fn lookup_or_midlife(
+pub fn lookup_or_midlife<M: Store>(
     sk: u64,
     ports: impl FnOnce() -> (u16, u16),
     now: u64,
 ) -> Option<*mut SockState> {
-    if let Some(st) = SOCKS.get_ptr_mut(sk) {
+    if let Some(st) = M::get(sk) {
         // SAFETY: map value pointer, valid for this program run.
         if unsafe { (*st).flags } & F_IGNORED != 0 {
             return None;
@@ -301,10 +403,10 @@ pub fn lookup_or_midlife(
     let netns = netns_of(sk);
     let (lport, rport) = ports();
     if !passes(netns, lport, rport) {
-        let _ = insert(sk, &fresh_state(now, netns, F_IGNORED));
+        let _ = M::put(sk, &fresh_state(now, netns, F_IGNORED));
         return None;
     }
-    insert(sk, &fresh_state(now, netns, F_MIDLIFE))
+    M::put(sk, &fresh_state(now, netns, F_MIDLIFE))
 }
 
 /// True once a `KIND_CLOSE` was emitted for this socket.

@@ -11,10 +11,10 @@ use tracer_common::*;
 use crate::{
     conf,
     sock::{
-        count, current_comm, fresh_state, header, idle_ms, insert, kread, lookup_or_midlife,
-        netns_of, now_ns, passes, ports_of, tuple_of, Rec, F_IGNORED,
+        count, current_comm, fresh_state, header, idle_ms, kread, lookup_or_midlife, netns_of,
+        now_ns, passes, ports_of, tuple_of, Local, Lru, Rec, Store, F_IGNORED,
     },
-    EVENTS, LISTENERS, SOCKS,
+    EVENTS, LISTENERS,
 };
 
 const ETIMEDOUT: i32 = 110;
@@ -101,7 +101,7 @@ fn try_classic(ctx: &TracePointContext) -> Result<i64, i64> {
     let sk: u64 = rec.get(conf!(ss_skaddr))?;
     let sport: u16 = rec.get(conf!(ss_sport))?;
     let dport: u16 = rec.get(conf!(ss_dport))?;
-    on_change(&Classic(&rec), sk, old, new, || (sport, dport))
+    on_change::<_, Lru>(&Classic(&rec), sk, old, new, || (sport, dport))
 }
 
 fn try_raw(ctx: &BtfTracePointContext) -> Result<i64, i64> {
@@ -117,12 +117,12 @@ fn try_raw(ctx: &BtfTracePointContext) -> Result<i64, i64> {
     }
     // Like the classic record (TP_STORE_ADDR_PORTS): inet_sport, inet_dport,
     // read only when a socket is new to the map.
-    on_change(&Raw(sk), sk, old, new, || ports_of(sk))
+    on_change::<_, Local>(&Raw(sk), sk, old, new, || ports_of(sk))
 }
 
 /// Everything after the decoding, shared by both hooks.
 #[inline(always)]
-fn on_change<S: Source>(
+fn on_change<S: Source, M: Store>(
     src: &S,
     sk: u64,
     old: u8,
@@ -134,27 +134,27 @@ fn on_change<S: Source>(
     match new {
         TCP_SYN_SENT => {
             let (sport, dport) = ports();
-            return on_connect(sk, sport, dport, now);
+            return on_connect::<M>(sk, sport, dport, now);
         }
         TCP_SYN_RECV => {
             let (sport, dport) = ports();
-            return on_accept_birth(sk, sport, dport, now);
+            return on_accept_birth::<M>(sk, sport, dport, now);
         }
         TCP_LISTEN => return on_listen(sk, ports().0),
         _ => {}
     }
     let st = if old == TCP_ESTABLISHED || new == TCP_CLOSE {
-        match lookup_or_midlife(sk, ports, now) {
+        match lookup_or_midlife::<M>(sk, ports, now) {
             Some(st) => st,
             None => {
                 if new == TCP_CLOSE {
-                    let _ = SOCKS.remove(sk);
+                    M::forget(sk, None);
                 }
                 return Ok(0);
             }
         }
     } else {
-        match SOCKS.get_ptr_mut(sk) {
+        match M::get(sk) {
             // SAFETY: map value pointer.
             Some(st) if unsafe { (*st).flags } & F_IGNORED == 0 => st,
             _ => return Ok(0),
@@ -249,7 +249,7 @@ fn on_change<S: Source>(
     }
 
     if new == TCP_CLOSE {
-        on_close(src, sk, st, now);
+        on_close::<S, M>(src, sk, st, now);
     }
     Ok(0)
 }
@@ -282,10 +282,10 @@ fn local_close(s: &mut SockState, sk: u64, tid: u32, abortive: bool) {
 }
 
 /// `TCP_CLOSE`: emit the socket's life if it ended abnormally (or always,
-/// with `--all`). Reported sockets stay in the map until `tcp_destroy_sock`
+/// with `--all`). Reported sockets stay in the store until `tcp_destroy_sock`
 /// so a late RST or the application's close can still be joined.
 #[inline(always)]
-fn on_close<S: Source>(src: &S, sk: u64, st: *mut SockState, now: u64) {
+fn on_close<S: Source, M: Store>(src: &S, sk: u64, st: *mut SockState, now: u64) {
     // SAFETY: map value pointer.
     let s = unsafe { &mut *st };
     if s.flags & F_REPORTED != 0 {
@@ -300,7 +300,7 @@ fn on_close<S: Source>(src: &S, sk: u64, st: *mut SockState, now: u64) {
         s.flags |= F_REPORTED;
         emit_conn(KIND_CLOSE, sk, s, src, now, false);
     } else {
-        let _ = SOCKS.remove(sk);
+        M::forget(sk, Some(st));
     }
 }
 
@@ -365,29 +365,29 @@ pub const BPF_RB_NO_WAKEUP: u64 = 1;
 
 /// `connect()`: CLOSE -> SYN_SENT runs in the connecting task.
 #[inline(always)]
-fn on_connect(sk: u64, sport: u16, dport: u16, now: u64) -> Result<i64, i64> {
+fn on_connect<M: Store>(sk: u64, sport: u16, dport: u16, now: u64) -> Result<i64, i64> {
     let id = aya_ebpf::helpers::bpf_get_current_pid_tgid();
     let tgid = (id >> 32) as u32;
     let netns = netns_of(sk);
     if tgid == conf!(self_tgid) || !passes(netns, sport, dport) {
-        let _ = insert(sk, &fresh_state(now, netns, F_IGNORED));
+        let _ = M::put(sk, &fresh_state(now, netns, F_IGNORED));
         return Ok(0);
     }
     let mut st = fresh_state(now, netns, F_ROLE_CLIENT);
     st.owner_tgid = tgid;
     st.owner_tid = id as u32;
     st.comm = current_comm();
-    let _ = insert(sk, &st);
+    let _ = M::put(sk, &st);
     Ok(0)
 }
 
 /// A passive open: the child socket is created in SYN_RECV (softirq); its
 /// owner is the listener's until the application touches it.
 #[inline(always)]
-fn on_accept_birth(sk: u64, sport: u16, dport: u16, now: u64) -> Result<i64, i64> {
+fn on_accept_birth<M: Store>(sk: u64, sport: u16, dport: u16, now: u64) -> Result<i64, i64> {
     let netns = netns_of(sk);
     if !passes(netns, sport, dport) {
-        let _ = insert(sk, &fresh_state(now, netns, F_IGNORED));
+        let _ = M::put(sk, &fresh_state(now, netns, F_IGNORED));
         return Ok(0);
     }
     let mut st = fresh_state(now, netns, F_ROLE_SERVER);
@@ -401,7 +401,7 @@ fn on_accept_birth(sk: u64, sport: u16, dport: u16, now: u64) -> Result<i64, i64
         st.owner_tid = owner.tid;
         st.comm = owner.comm;
     }
-    let _ = insert(sk, &st);
+    let _ = M::put(sk, &st);
     Ok(0)
 }
 

@@ -300,6 +300,7 @@ fn write_start(
             "all": cli.all,
         },
         "state_hook": loaded.state_hook,
+        "state_store": loaded.state_store,
         "hz": loaded.config.hz,
         "max_conns": cli.max_conns,
         "startup_ms": loaded.startup_ms,
@@ -320,7 +321,7 @@ fn write_stats(
     let lost = c(C_LOST_RINGBUF) + c(C_LOST_MAP_FULL);
     if lost > stats.last_lost {
         log::warn!(
-            "lost {} kernel events (ring buffer full: {}, socket map full: {})",
+            "lost {} kernel events (ring buffer full: {}, no room for socket state: {})",
             lost - stats.last_lost,
             c(C_LOST_RINGBUF),
             c(C_LOST_MAP_FULL)

@@ -80,8 +80,12 @@ pub struct Loaded {
     pub config: Config,
     /// How long start-up (layout, load, verify, attach) took.
     pub startup_ms: u64,
-    /// `tp_btf` or `tracepoint`: how `sock:inet_sock_set_state` is attached.
+    /// `tp_btf` or `tracepoint`: how `sock:inet_sock_set_state` (and the
+    /// other hooks that keep per-socket state) are attached.
     pub state_hook: &'static str,
+    /// Where per-socket state lives: `sk_storage` (with `tp_btf`) or
+    /// `lru_map` (with `tracepoint`, bounded by `--max-conns`).
+    pub state_store: &'static str,
 }
 
 /// Mounts tracefs when it is missing (fresh machines here do not mount it).
@@ -114,14 +118,39 @@ pub fn ensure_tracefs() -> Result<PathBuf, LoadError> {
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
 
-/// Classic tracepoints, in attach order. The first is required.
-const TRACEPOINTS: &[(&str, &str, &str)] = &[
-    ("inet_sock_set_state", "sock", "inet_sock_set_state"),
-    ("tcp_send_reset", "tcp", "tcp_send_reset"),
-    ("tcp_receive_reset", "tcp", "tcp_receive_reset"),
-    ("tcp_destroy_sock", "tcp", "tcp_destroy_sock"),
-    ("inet_sk_error_report", "sock", "inet_sk_error_report"),
+/// The hooks that keep per-socket state, as (classic program, BTF program,
+/// group, event). The first is required. Both sets run the same code: the
+/// BTF programs keep the state in socket-local storage, the classic ones in
+/// the LRU map; one set or the other is attached, never a mix.
+const STATE_HOOKS: &[(&str, &str, &str, &str)] = &[
+    (
+        "inet_sock_set_state",
+        "inet_sock_set_state_btf",
+        "sock",
+        "inet_sock_set_state",
+    ),
+    ("tcp_send_reset", "tcp_send_reset_btf", "tcp", "tcp_send_reset"),
+    (
+        "tcp_receive_reset",
+        "tcp_receive_reset_btf",
+        "tcp",
+        "tcp_receive_reset",
+    ),
+    (
+        "tcp_destroy_sock",
+        "tcp_destroy_sock_btf",
+        "tcp",
+        "tcp_destroy_sock",
+    ),
 ];
+
+/// Classic tracepoints that keep no state, attached in either case.
+const STATELESS_HOOKS: &[(&str, &str, &str)] =
+    &[("inet_sk_error_report", "sock", "inet_sk_error_report")];
+
+/// The LRU map's size while the BTF programs are tried: unused by them, and
+/// preallocated, so it is kept tiny unless the classic set is needed.
+const UNUSED_SOCKS: u32 = 256;
 
 /// Loads, configures and attaches everything this kernel supports.
 pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
@@ -157,68 +186,87 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
     );
 
     let aya_btf = aya::Btf::from_sys_fs().ok();
-    let mut ebpf = EbpfLoader::new()
-        .btf(aya_btf.as_ref())
-        .override_global(GLOBAL_CONFIG, &config, true)
-        .map_max_entries(MAP_SOCKS, opts.max_conns)
-        .load(OBJECT)?;
-
-    fill_filters(&mut ebpf, opts)?;
-
-    // The state hook runs ten times per connection: as a BTF raw tracepoint
-    // the kernel skips building the classic record. The classic tracepoint
-    // is the fallback (older kernels, no BTF).
-    use crate::cli::StateHook;
-    let state_hook = match opts.state_hook {
-        StateHook::Tracepoint => "tracepoint",
-        wanted => match attach_btf(
-            &mut ebpf,
-            "inet_sock_set_state_btf",
-            "inet_sock_set_state",
-            aya_btf.as_ref(),
-        ) {
-            Ok(()) => "tp_btf",
-            Err(e) if wanted == StateHook::TpBtf => return Err(e),
-            Err(e) => {
-                log::info!("{e}; using the classic tracepoint for state changes");
-                "tracepoint"
-            }
-        },
+    let open = |socks: u32| -> Result<Ebpf, LoadError> {
+        let mut ebpf = EbpfLoader::new()
+            .btf(aya_btf.as_ref())
+            .override_global(GLOBAL_CONFIG, &config, true)
+            .map_max_entries(MAP_SOCKS, socks)
+            .load(OBJECT)?;
+        fill_filters(&mut ebpf, opts)?;
+        Ok(ebpf)
+    };
+    let available = |event: &str, hooks: &[HookStatus]| {
+        hooks
+            .iter()
+            .find(|h| h.name == event)
+            .is_none_or(|h| h.available)
     };
 
-    for (prog, group, event) in TRACEPOINTS {
-        if *prog == "inet_sock_set_state" && state_hook == "tp_btf" {
+    // The state hook runs ten times per connection: as BTF programs the
+    // kernel skips building the classic record and the state is a pointer
+    // away on the socket. The classic tracepoints are the fallback (older
+    // kernels, no BTF, no sk_storage from tracing programs before 5.11).
+    use crate::cli::StateHook;
+    let mut btf_set = None;
+    if opts.state_hook != StateHook::Tracepoint {
+        let mut ebpf = open(UNUSED_SOCKS)?;
+        let loaded = STATE_HOOKS
+            .iter()
+            .enumerate()
+            .filter(|(i, (.., group, event))| {
+                *i == 0 || available(&format!("{group}:{event}"), &hooks)
+            })
+            .try_for_each(|(_, (_, prog, _, event))| {
+                load_btf(&mut ebpf, prog, event, aya_btf.as_ref())
+            });
+        match loaded {
+            Ok(()) => btf_set = Some(ebpf),
+            Err(e) if opts.state_hook == StateHook::TpBtf => return Err(e),
+            Err(e) => log::info!(
+                "{e}; using the classic tracepoints and an LRU map for socket state"
+            ),
+        }
+    }
+    let (mut ebpf, state_hook, state_store) = match btf_set {
+        Some(ebpf) => (ebpf, "tp_btf", "sk_storage"),
+        None => (open(opts.max_conns)?, "tracepoint", "lru_map"),
+    };
+
+    for (i, (classic, btf_prog, group, event)) in STATE_HOOKS.iter().enumerate() {
+        let name = format!("{group}:{event}");
+        if i != 0 && !available(&name, &hooks) {
             continue;
         }
+        let result = if state_hook == "tp_btf" {
+            attach_loaded_btf(&mut ebpf, btf_prog, event)
+        } else {
+            attach_tracepoint(&mut ebpf, classic, group, event)
+        };
+        note_attach(&mut hooks, &name, result, i == 0)?;
+    }
+    for (prog, group, event) in STATELESS_HOOKS {
         let name = format!("{group}:{event}");
-        let status = hooks.iter_mut().find(|h| h.name == name);
-        if let Some(h) = &status {
-            if !h.available {
-                continue;
-            }
-        }
-        let result = attach_tracepoint(&mut ebpf, prog, group, event);
-        match (result, *prog == "inet_sock_set_state") {
-            (Ok(()), _) => {}
-            (Err(e), true) => return Err(e),
-            (Err(e), false) => {
-                log::warn!("{e}; continuing without it");
-                if let Some(h) = status {
-                    h.available = false;
-                    h.reason = Some(e.to_string());
-                }
-            }
+        if available(&name, &hooks) {
+            let result = attach_tracepoint(&mut ebpf, prog, group, event);
+            note_attach(&mut hooks, &name, result, false)?;
         }
     }
     // The only per-send hook: owner attribution of accepted sockets, request
     // counting and the 5xx status line. Optional: without it conn_end works.
     let send = "btf:tcp_sendmsg_locked".to_string();
-    match attach_btf(
+    let send_prog = if state_hook == "tp_btf" {
+        "tcp_sendmsg_locked"
+    } else {
+        "tcp_sendmsg_locked_lru"
+    };
+    match load_btf(
         &mut ebpf,
-        "tcp_sendmsg_locked",
+        send_prog,
         "tcp_sendmsg_locked",
         aya_btf.as_ref(),
-    ) {
+    )
+    .and_then(|()| attach_loaded_btf(&mut ebpf, send_prog, "tcp_sendmsg_locked"))
+    {
         Ok(()) => hooks.push(HookStatus {
             name: send,
             available: true,
@@ -242,7 +290,30 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         config,
         startup_ms: started.elapsed().as_millis() as u64,
         state_hook,
+        state_store,
     })
+}
+
+/// Records an attach result in the hook list: a required hook's failure is
+/// the caller's error, an optional one's a warning.
+fn note_attach(
+    hooks: &mut [HookStatus],
+    name: &str,
+    result: Result<(), LoadError>,
+    required: bool,
+) -> Result<(), LoadError> {
+    match result {
+        Ok(()) => Ok(()),
+        Err(e) if required => Err(e),
+        Err(e) => {
+            log::warn!("{e}; continuing without it");
+            if let Some(h) = hooks.iter_mut().find(|h| h.name == name) {
+                h.available = false;
+                h.reason = Some(e.to_string());
+            }
+            Ok(())
+        }
+    }
 }
 
 fn attach_tracepoint(
@@ -272,7 +343,8 @@ fn attach_tracepoint(
     Ok(())
 }
 
-fn attach_btf(
+/// Loads (verifies) a BTF tracepoint program for `tracepoint`.
+fn load_btf(
     ebpf: &mut Ebpf,
     prog: &str,
     tracepoint: &str,
@@ -284,14 +356,32 @@ fn attach_btf(
         source,
     };
     let btf = btf.ok_or_else(|| err(aya::programs::ProgramError::UnexpectedProgramType))?;
-    let p: &mut BtfTracePoint = ebpf
-        .program_mut(prog)
-        .ok_or_else(|| err(aya::programs::ProgramError::UnexpectedProgramType))?
+    btf_program(ebpf, prog)
+        .map_err(err)?
+        .load(tracepoint, btf)
+        .map_err(err)
+}
+
+/// Attaches a BTF tracepoint program loaded by [`load_btf`].
+fn attach_loaded_btf(ebpf: &mut Ebpf, prog: &str, tracepoint: &str) -> Result<(), LoadError> {
+    let err = |source| LoadError::Program {
+        what: format!("BTF tracepoint {tracepoint}"),
+        source,
+    };
+    btf_program(ebpf, prog)
+        .map_err(err)?
+        .attach()
+        .map(drop)
+        .map_err(err)
+}
+
+fn btf_program<'a>(
+    ebpf: &'a mut Ebpf,
+    prog: &str,
+) -> Result<&'a mut BtfTracePoint, aya::programs::ProgramError> {
+    ebpf.program_mut(prog)
+        .ok_or(aya::programs::ProgramError::UnexpectedProgramType)?
         .try_into()
-        .map_err(err)?;
-    p.load(tracepoint, btf).map_err(err)?;
-    p.attach().map_err(err)?;
-    Ok(())
 }
 
 fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> LoadError {

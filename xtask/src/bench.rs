@@ -127,6 +127,11 @@ pub struct Options {
     /// the report goes to target/bench/BENCHMARKS-quick.md.
     #[arg(long)]
     pub quick: bool,
+    /// Only the per-program kernel cost (kernel.bpf_stats_enabled) under
+    /// churn and keep-alive, printed, in about a minute: for iterating on
+    /// the eBPF hot path. Writes no report.
+    #[arg(long, conflicts_with = "report")]
+    pub profile_only: bool,
     /// Rounds over all conditions (default 3; 1 with --quick).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=20))]
     pub rounds: Option<u32>,
@@ -171,6 +176,12 @@ pub fn bench(opts: &Options) -> Result<ExitCode> {
 
     let machine = Machine::probe(&tools);
     let mut lab = Lab::new(&tools)?;
+    if opts.profile_only {
+        let profiles = profile_only(&mut lab, &tools, &tracer, &plan);
+        drop(lab);
+        println!("{}", profile_markdown(&profiles?));
+        return Ok(ExitCode::SUCCESS);
+    }
     let results = measure(&mut lab, &tools, &tracer, &plan);
     // Stop everything before reporting, whatever happened.
     drop(lab);
@@ -1646,14 +1657,13 @@ struct Results {
     idle: Option<Idle>,
 }
 
-fn measure(lab: &mut Lab, tools: &Tools, tracer: &Path, plan: &Plan) -> Result<Results> {
-    let mut results = Results::default();
+/// Writes the churn script and warms the machine up; returns the script.
+fn prepare(lab: &mut Lab, tools: &Tools, plan: &Plan) -> Result<PathBuf> {
     let lua = lab.dir.join("churn.lua");
     fs::write(
         &lua,
         CHURN_LUA.replace("@FAIL_EVERY@", &FAIL_EVERY.to_string()),
     )?;
-
     // The VM runs slow for a while after boot and after idling: warm up.
     for workload in Workload::ALL {
         eprintln!("bench: warm-up, {} for {} s", workload.name(), plan.secs);
@@ -1665,6 +1675,23 @@ fn measure(lab: &mut Lab, tools: &Tools, tracer: &Path, plan: &Plan) -> Result<R
         )?;
         nap(GAP)?;
     }
+    Ok(lua)
+}
+
+/// `--profile-only`: the per-program cost tables and nothing else.
+fn profile_only(lab: &mut Lab, tools: &Tools, tracer: &Path, plan: &Plan) -> Result<Vec<Profile>> {
+    let lua = prepare(lab, tools, plan)?;
+    let mut profiles = Vec::new();
+    for workload in [Workload::Churn, Workload::KeepAlive] {
+        profiles.push(profile(lab, tools, tracer, plan, &lua, workload)?);
+        nap(GAP)?;
+    }
+    Ok(profiles)
+}
+
+fn measure(lab: &mut Lab, tools: &Tools, tracer: &Path, plan: &Plan) -> Result<Results> {
+    let mut results = Results::default();
+    let lua = prepare(lab, tools, plan)?;
 
     for round in 0..plan.rounds {
         let mut budget = RETRIES_PER_ROUND;
@@ -2711,63 +2738,7 @@ impl Report {
             thousands(non_2xx as f64)
         );
 
-        let _ = writeln!(
-            md,
-            "## Where the tracer's time goes (kernel.bpf_stats_enabled=1)\n"
-        );
-        for p in &r.profiles {
-            let Some(w) = p.workload else { continue };
-            let (unit, per) = match w {
-                Workload::Churn => ("connection", p.connections),
-                Workload::KeepAlive => ("request", p.requests),
-            };
-            let _ = writeln!(
-                md,
-                "{}, {:.0} s: {} connections accepted, {} requests, {} kernel events, {} lost; \
-                 others' CPU {:.1} % of a core.\n",
-                w.name(),
-                p.secs,
-                thousands(p.connections as f64),
-                thousands(p.requests as f64),
-                thousands(p.events as f64),
-                p.lost,
-                100.0 * p.other_cpu_s / p.secs
-            );
-            let rows: Vec<Vec<String>> = p
-                .progs
-                .iter()
-                .map(|g| {
-                    vec![
-                        g.name.clone(),
-                        thousands(g.hits as f64),
-                        format!("{:.2}", g.hits as f64 / per.max(1) as f64),
-                        if g.hits > 0 {
-                            format!("{:.0}", g.ns as f64 / g.hits as f64)
-                        } else {
-                            "–".to_owned()
-                        },
-                        format!("{:.2}", g.ns as f64 / 1000.0 / per.max(1) as f64),
-                    ]
-                })
-                .collect();
-            md.push_str(&table(
-                &[
-                    "program",
-                    "hits",
-                    &format!("hits per {unit}"),
-                    "ns per hit",
-                    &format!("µs per {unit}"),
-                ],
-                &rows,
-            ));
-            let _ = writeln!(
-                md,
-                "\nPer {unit}: kernel {:.2} µs + tracer process {:.2} µs = {:.2} µs.\n",
-                p.kernel_us_per(per),
-                p.user_us_per(per),
-                p.kernel_us_per(per) + p.user_us_per(per)
-            );
-        }
+        md.push_str(&profile_markdown(&r.profiles));
 
         let _ = writeln!(md, "## Capacity\n");
         let rows: Vec<Vec<String>> = [Condition::Baseline, Condition::Tracer, Condition::TracerAll]
@@ -3380,4 +3351,67 @@ Transfer/sec:     10.29MB
         let t = table(&["a", "bb"], &[vec!["xyz".to_owned(), "1".to_owned()]]);
         assert_eq!(t, "| a   | bb |\n| --- | -- |\n| xyz | 1  |\n");
     }
+}
+
+/// The "where the time goes" section: per-program hits and cost.
+fn profile_markdown(profiles: &[Profile]) -> String {
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "## Where the tracer's time goes (kernel.bpf_stats_enabled=1)\n"
+    );
+    for p in profiles {
+        let Some(w) = p.workload else { continue };
+        let (unit, per) = match w {
+            Workload::Churn => ("connection", p.connections),
+            Workload::KeepAlive => ("request", p.requests),
+        };
+        let _ = writeln!(
+            md,
+            "{}, {:.0} s: {} connections accepted, {} requests, {} kernel events, {} lost; \
+             others' CPU {:.1} % of a core.\n",
+            w.name(),
+            p.secs,
+            thousands(p.connections as f64),
+            thousands(p.requests as f64),
+            thousands(p.events as f64),
+            p.lost,
+            100.0 * p.other_cpu_s / p.secs
+        );
+        let rows: Vec<Vec<String>> = p
+            .progs
+            .iter()
+            .map(|g| {
+                vec![
+                    g.name.clone(),
+                    thousands(g.hits as f64),
+                    format!("{:.2}", g.hits as f64 / per.max(1) as f64),
+                    if g.hits > 0 {
+                        format!("{:.0}", g.ns as f64 / g.hits as f64)
+                    } else {
+                        "–".to_owned()
+                    },
+                    format!("{:.2}", g.ns as f64 / 1000.0 / per.max(1) as f64),
+                ]
+            })
+            .collect();
+        md.push_str(&table(
+            &[
+                "program",
+                "hits",
+                &format!("hits per {unit}"),
+                "ns per hit",
+                &format!("µs per {unit}"),
+            ],
+            &rows,
+        ));
+        let _ = writeln!(
+            md,
+            "\nPer {unit}: kernel {:.2} µs + tracer process {:.2} µs = {:.2} µs.\n",
+            p.kernel_us_per(per),
+            p.user_us_per(per),
+            p.kernel_us_per(per) + p.user_us_per(per)
+        );
+    }
+    md
 }
