@@ -9,7 +9,10 @@ use tracer_common::*;
 
 use crate::{
     conf,
-    sock::{count, header, now_ns, reported, tpread, tpread_proto, tuple_of, Local, Lru, Store},
+    sock::{
+        count, header, now_ns, reported, tcp_sock, tpread, tpread_proto, tuple_of, Local, Lru,
+        Store,
+    },
     state::{emit_conn_tuple, BPF_RB_NO_WAKEUP},
     EVENTS, PORTS,
 };
@@ -27,7 +30,10 @@ pub fn tcp_destroy_sock(ctx: TracePointContext) -> u32 {
 #[btf_tracepoint(function = "tcp_destroy_sock")]
 pub fn tcp_destroy_sock_btf(ctx: BtfTracePointContext) -> i32 {
     count(C_DESTROY_SEEN);
-    on_destroy::<Local>(ctx.arg(0)) as i32
+    match tcp_sock(ctx.arg(0)) {
+        Some(sk) => on_destroy::<Local>(sk) as i32,
+        None => 0,
+    }
 }
 
 #[inline(always)]
@@ -44,8 +50,8 @@ fn on_destroy<M: Store>(sk: u64) -> i64 {
         let mut copy = *s;
         let id = aya_ebpf::helpers::bpf_get_current_pid_tgid();
         copy.closer_tid = id as u32;
-        emit_conn_tuple(KIND_OBSERVE, sk, &copy, now_ns(), true, |t| {
-            *t = tuple_of(sk)
+        emit_conn_tuple::<M>(KIND_OBSERVE, sk, &copy, now_ns(), true, |t| {
+            *t = tuple_of::<M>(sk)
         });
     }
     M::forget(sk, Some(st));

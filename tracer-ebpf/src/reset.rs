@@ -12,7 +12,7 @@ use crate::{
     conf,
     sock::{
         count, header, kread, lookup_or_midlife, netns_of, now_ns, passes, ports_of, reported,
-        tp_sockaddr, tpread, tuple_of, tuple_of_any, Local, Lru, Store,
+        tcp_sock, tp_sockaddr, tpread, tuple_of, tuple_of_any, Local, Lru, NoState, Store,
     },
     state::BPF_RB_NO_WAKEUP,
     EVENTS,
@@ -31,7 +31,10 @@ pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
 #[btf_tracepoint(function = "tcp_receive_reset")]
 pub fn tcp_receive_reset_btf(ctx: BtfTracePointContext) -> i32 {
     count(C_RESET_SEEN);
-    on_receive_reset::<Local>(ctx.arg(0)) as i32
+    match tcp_sock(ctx.arg(0)) {
+        Some(sk) => on_receive_reset::<Local>(sk) as i32,
+        None => 0,
+    }
 }
 
 #[inline(always)]
@@ -40,7 +43,7 @@ fn on_receive_reset<M: Store>(sk: u64) -> i64 {
         return 0;
     }
     let now = now_ns();
-    let Some(st) = lookup_or_midlife::<M>(sk, || ports_of(sk), now) else {
+    let Some(st) = lookup_or_midlife::<M>(sk, || ports_of::<M>(sk), now) else {
         return 0;
     };
     // SAFETY: map value pointer.
@@ -65,7 +68,7 @@ pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
     let state: i32 = tpread(&ctx, conf!(sr_state)).unwrap_or(0);
     on_send_reset::<Lru>(sk, reason_plus1, state as u32, |tuple| {
         // The record's own addresses: right for time-wait sockets too.
-        *tuple = tuple_of(sk);
+        *tuple = tuple_of::<Lru>(sk);
         if conf!(sr_saddr) != ABSENT && conf!(sr_daddr) != ABSENT {
             let mut t = *tuple;
             let (family, sport) = tp_sockaddr(&ctx, conf!(sr_saddr), &mut t.saddr);
@@ -92,7 +95,12 @@ pub fn tcp_send_reset_btf(ctx: BtfTracePointContext) -> i32 {
         0
     };
     let state = kread::<u8>(sk, conf!(sk_state)).unwrap_or(0) as u32;
-    on_send_reset::<Local>(sk, reason_plus1, state, |t| *t = tuple_of_any(sk)) as i32
+    let r = match tcp_sock(sk) {
+        Some(tp) => on_send_reset::<Local>(tp, reason_plus1, state, |t| *t = tuple_of::<Local>(tp)),
+        // A time-wait or request socket: no state, only a record.
+        None => on_send_reset::<NoState>(sk, reason_plus1, state, |t| *t = tuple_of_any(sk)),
+    };
+    r as i32
 }
 
 #[inline(always)]
@@ -134,7 +142,7 @@ fn on_send_reset<M: Store>(
         _pad: 0,
     };
     addresses(&mut tuple);
-    let netns = netns_of(sk);
+    let netns = netns_of::<M>(sk);
     if !passes(netns, tuple.sport, tuple.dport) {
         return 0;
     }

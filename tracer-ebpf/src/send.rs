@@ -14,7 +14,7 @@ use tracer_common::*;
 use crate::{
     conf,
     sock::{
-        count, current_comm, header, idle_ms, kread, lookup_or_midlife, now_ns, ports_of,
+        count, current_comm, header, idle_ms, kread, lookup_or_midlife, now_ns, ports_of, tcp_sock,
         tuple_of, Local, Lru, Store,
     },
     state::BPF_RB_NO_WAKEUP,
@@ -23,7 +23,10 @@ use crate::{
 
 #[btf_tracepoint(function = "tcp_sendmsg_locked")]
 pub fn tcp_sendmsg_locked(ctx: BtfTracePointContext) -> i32 {
-    match try_send::<Local>(&ctx) {
+    let Some(sk) = tcp_sock(ctx.arg(0)) else {
+        return 0;
+    };
+    match try_send::<Local>(&ctx, sk) {
         Ok(v) | Err(v) => v as i32,
     }
 }
@@ -31,14 +34,13 @@ pub fn tcp_sendmsg_locked(ctx: BtfTracePointContext) -> i32 {
 /// The same, next to classic state tracepoints (their LRU map).
 #[btf_tracepoint(function = "tcp_sendmsg_locked")]
 pub fn tcp_sendmsg_locked_lru(ctx: BtfTracePointContext) -> i32 {
-    match try_send::<Lru>(&ctx) {
+    match try_send::<Lru>(&ctx, ctx.arg(0)) {
         Ok(v) | Err(v) => v as i32,
     }
 }
 
 #[inline(always)]
-fn try_send<M: Store>(ctx: &BtfTracePointContext) -> Result<i64, i64> {
-    let sk: u64 = ctx.arg(0);
+fn try_send<M: Store>(ctx: &BtfTracePointContext, sk: u64) -> Result<i64, i64> {
     let st = match M::get(sk) {
         Some(st) => {
             // SAFETY: map value pointer.
@@ -47,7 +49,7 @@ fn try_send<M: Store>(ctx: &BtfTracePointContext) -> Result<i64, i64> {
             }
             st
         }
-        None => match lookup_or_midlife::<M>(sk, || ports_of(sk), now_ns()) {
+        None => match lookup_or_midlife::<M>(sk, || ports_of::<M>(sk), now_ns()) {
             Some(st) => st,
             None => return Ok(0),
         },
@@ -69,7 +71,7 @@ fn try_send<M: Store>(ctx: &BtfTracePointContext) -> Result<i64, i64> {
             s.comm = current_comm();
         }
     }
-    let rcvd: u64 = kread(sk, conf!(tp_bytes_received)).unwrap_or(0);
+    let rcvd: u64 = M::read(sk, conf!(tp_bytes_received)).unwrap_or(0);
     // A new message starts when the peer sent something since our last send
     // (a response for a client, a request for a server), or on the first send.
     // Later sends of the same message (the common case under load) stop
@@ -83,7 +85,7 @@ fn try_send<M: Store>(ctx: &BtfTracePointContext) -> Result<i64, i64> {
     // The idle gap before a request on a reused upstream connection (the
     // keep-alive race); responses do not need it.
     s.idle_before_msg_ms = if client && s.messages != 0 {
-        idle_ms(sk)
+        idle_ms::<M>(sk)
     } else {
         0
     };
@@ -92,7 +94,7 @@ fn try_send<M: Store>(ctx: &BtfTracePointContext) -> Result<i64, i64> {
     s.last_send_ns = now;
     s.rcvd_at_msg = rcvd;
     if !client && conf!(sniff_http) != 0 {
-        sniff(sk, ctx.arg(1), s, now, id);
+        sniff::<M>(sk, ctx.arg(1), s, now, id);
     }
     Ok(0)
 }
@@ -100,7 +102,7 @@ fn try_send<M: Store>(ctx: &BtfTracePointContext) -> Result<i64, i64> {
 /// Reads the first bytes of the message and emits a record when they are an
 /// HTTP/1.x 5xx status line.
 #[inline(always)]
-fn sniff(sk: u64, msg: u64, s: &SockState, now: u64, id: u64) {
+fn sniff<M: Store>(sk: u64, msg: u64, s: &SockState, now: u64, id: u64) {
     let iter = msg + conf!(msg_iter) as u64;
     let Ok(ty) = kread::<u8>(iter, conf!(iter_type)) else {
         return;
@@ -139,9 +141,9 @@ fn sniff(sk: u64, msg: u64, s: &SockState, now: u64, id: u64) {
     hdr.tgid = (id >> 32) as u32;
     entry.write(HttpRecord {
         hdr,
-        tuple: tuple_of(sk),
+        tuple: tuple_of::<M>(sk),
         status,
-        sk_state: kread::<u8>(sk, conf!(sk_state)).unwrap_or(0),
+        sk_state: M::read::<u8>(sk, conf!(sk_state)).unwrap_or(0),
         _pad: 0,
         netns: s.netns,
         sock_flags: s.flags,

@@ -103,12 +103,12 @@ pub fn tpread_proto(ctx: &TracePointContext, off: u32, size: u32) -> Result<u16,
 
 /// Network-namespace inode of a socket: `sk->__sk_common.skc_net.net->ns.inum`.
 #[inline(always)]
-pub fn netns_of(sk: u64) -> u32 {
-    let net: u64 = match kread(sk, conf!(sk_net)) {
+pub fn netns_of<M: Store>(sk: u64) -> u32 {
+    let net: u64 = match M::read(sk, conf!(sk_net)) {
         Ok(n) => n,
         Err(_) => return 0,
     };
-    kread::<u32>(net, conf!(net_inum)).unwrap_or(0)
+    M::read::<u32>(net, conf!(net_inum)).unwrap_or(0)
 }
 
 /// Whether a socket with these ports in this namespace is of interest.
@@ -159,32 +159,33 @@ pub fn current_comm() -> [u8; COMM_LEN] {
 /// time-wait sockets alike (both start with `sock_common`,
 /// include/net/sock.h, include/net/inet_timewait_sock.h).
 #[inline(always)]
-pub fn tuple_of(sk: u64) -> Tuple {
+pub fn tuple_of<M: Store>(sk: u64) -> Tuple {
     let mut t = Tuple {
         saddr: [0; 16],
         daddr: [0; 16],
-        sport: local_port(sk),
-        dport: u16::from_be(kread::<u16>(sk, conf!(sk_dport)).unwrap_or(0)),
-        family: kread::<u16>(sk, conf!(sk_family)).unwrap_or(0),
+        sport: local_port::<M>(sk),
+        dport: u16::from_be(M::read::<u16>(sk, conf!(sk_dport)).unwrap_or(0)),
+        family: M::read::<u16>(sk, conf!(sk_family)).unwrap_or(0),
         _pad: 0,
     };
     if t.family == AF_INET6 {
-        t.saddr = kread(sk, conf!(sk_v6_rcv_saddr)).unwrap_or([0; 16]);
-        t.daddr = kread(sk, conf!(sk_v6_daddr)).unwrap_or([0; 16]);
+        t.saddr = M::read(sk, conf!(sk_v6_rcv_saddr)).unwrap_or([0; 16]);
+        t.daddr = M::read(sk, conf!(sk_v6_daddr)).unwrap_or([0; 16]);
     } else {
-        let s: [u8; 4] = kread(sk, conf!(sk_rcv_saddr)).unwrap_or([0; 4]);
-        let d: [u8; 4] = kread(sk, conf!(sk_daddr)).unwrap_or([0; 4]);
+        let s: [u8; 4] = M::read(sk, conf!(sk_rcv_saddr)).unwrap_or([0; 4]);
+        let d: [u8; 4] = M::read(sk, conf!(sk_daddr)).unwrap_or([0; 4]);
         t.saddr[..4].copy_from_slice(&s);
         t.daddr[..4].copy_from_slice(&d);
     }
     t
 }
 
-/// Like [`tuple_of`], for any kind of socket: a time-wait or request socket
-/// has no `inet_sock`, its local port is `skc_num` (kept while it is hashed).
+/// Like [`tuple_of`], for any kind of socket (read with
+/// `bpf_probe_read_kernel`): a time-wait or request socket has no
+/// `inet_sock`, its local port is `skc_num` (kept while it is hashed).
 #[inline(always)]
 pub fn tuple_of_any(sk: u64) -> Tuple {
-    let mut t = tuple_of(sk);
+    let mut t = tuple_of::<Lru>(sk);
     let state: u8 = kread(sk, conf!(sk_state)).unwrap_or(0);
     if state == TCP_TIME_WAIT || state == TCP_NEW_SYN_RECV {
         t.sport = kread::<u16>(sk, conf!(sk_num)).unwrap_or(0);
@@ -194,19 +195,19 @@ pub fn tuple_of_any(sk: u64) -> Tuple {
 
 /// (local, remote) ports of a socket, also after close.
 #[inline(always)]
-pub fn ports_of(sk: u64) -> (u16, u16) {
+pub fn ports_of<M: Store>(sk: u64) -> (u16, u16) {
     (
-        local_port(sk),
-        u16::from_be(kread::<u16>(sk, conf!(sk_dport)).unwrap_or(0)),
+        local_port::<M>(sk),
+        u16::from_be(M::read::<u16>(sk, conf!(sk_dport)).unwrap_or(0)),
     )
 }
 
 /// The local port, also after close (see `Config::sk_inet_sport`).
 #[inline(always)]
-pub fn local_port(sk: u64) -> u16 {
-    match kread::<u16>(sk, conf!(sk_inet_sport)) {
+pub fn local_port<M: Store>(sk: u64) -> u16 {
+    match M::read::<u16>(sk, conf!(sk_inet_sport)) {
         Ok(p) if p != 0 => u16::from_be(p),
-        _ => kread::<u16>(sk, conf!(sk_num)).unwrap_or(0),
+        _ => M::read::<u16>(sk, conf!(sk_num)).unwrap_or(0),
     }
 }
 
@@ -236,9 +237,9 @@ pub fn jiffies32() -> u32 {
 /// Milliseconds since the later of the socket's last data sent
 /// (`tcp_sock.lsndtime`) and last data received (`icsk_ack.lrcvtime`).
 #[inline(always)]
-pub fn idle_ms(sk: u64) -> u32 {
-    let snd: u32 = kread(sk, conf!(tp_lsndtime)).unwrap_or(0);
-    let rcv: u32 = kread(sk, conf!(icsk_lrcvtime)).unwrap_or(0);
+pub fn idle_ms<M: Store>(sk: u64) -> u32 {
+    let snd: u32 = M::read(sk, conf!(tp_lsndtime)).unwrap_or(0);
+    let rcv: u32 = M::read(sk, conf!(icsk_lrcvtime)).unwrap_or(0);
     let last = if (snd.wrapping_sub(rcv) as i32) > 0 {
         snd
     } else {
@@ -281,9 +282,13 @@ pub fn fresh_state(now: u64, netns: u32, flags: u32) -> SockState {
     }
 }
 
-/// Where per-socket state lives. Two homes, the same logic: programs are
-/// generic over the store and the loader attaches one set.
+/// Where per-socket state lives, and how socket memory is read. Two kinds of
+/// program, the same logic: programs are generic over the store and the
+/// loader attaches one set.
 pub trait Store {
+    /// Reads a `T` at `base + off`: a field of the socket, or of a kernel
+    /// object reached from it (its `struct net`). `ABSENT` offsets fail.
+    fn read<T: Copy>(base: u64, off: u32) -> Result<T, i64>;
     /// The socket's state, if it has one (ignored sockets included).
     fn get(sk: u64) -> Option<*mut SockState>;
     /// Gives the socket this state (a birth, or a socket first seen
@@ -300,6 +305,11 @@ pub trait Store {
 pub struct Lru;
 
 impl Store for Lru {
+    #[inline(always)]
+    fn read<T: Copy>(base: u64, off: u32) -> Result<T, i64> {
+        kread(base, off)
+    }
+
     #[inline(always)]
     fn get(sk: u64) -> Option<*mut SockState> {
         SOCKS.get_ptr_mut(sk)
@@ -327,6 +337,25 @@ impl Store for Lru {
 /// programs (whose `sk` argument the verifier knows) may use it.
 pub struct Local;
 
+/// A BTF program's socket argument as a `struct tcp_sock *` the verifier
+/// knows (same address), or `None` for anything that is not a full TCP
+/// socket (`bpf_skc_to_tcp_sock`: other protocols, time-wait and request
+/// sockets). Every field offset in `Config` is from the start of the socket,
+/// which is where `tcp_sock` starts too.
+#[inline(always)]
+pub fn tcp_sock(sk: u64) -> Option<u64> {
+    // Some tracepoints pass NULL (a reset with no socket); the helper takes
+    // only non-NULL pointers.
+    if sk == 0 {
+        return None;
+    }
+    // SAFETY: the helper checks the socket's kind itself.
+    let tp =
+        unsafe { aya_ebpf::helpers::generated::bpf_skc_to_tcp_sock(sk as *mut core::ffi::c_void) }
+            as u64;
+    (tp != 0).then_some(tp)
+}
+
 /// `bpf_sk_storage_get` flag: create the storage if missing.
 const SK_STORAGE_CREATE: u64 = 1;
 
@@ -349,6 +378,21 @@ impl Local {
 }
 
 impl Store for Local {
+    /// A plain load: the socket is a BTF pointer (`struct tcp_sock *`, from
+    /// [`tcp_sock`]) and the offset a constant the verifier reads from the
+    /// frozen `.rodata`, so it checks the access against BTF and turns it
+    /// into a fault-safe load (`PROBE_MEM`) instead of a helper call. A
+    /// pointer read this way (`skc_net.net`) is a BTF pointer in its turn.
+    #[inline(always)]
+    fn read<T: Copy>(base: u64, off: u32) -> Result<T, i64> {
+        if off == ABSENT || base == 0 {
+            return Err(0);
+        }
+        // SAFETY: see above; the verifier rejects any access BTF does not
+        // describe, and a faulting load yields zero.
+        Ok(unsafe { core::ptr::read_volatile((base + off as u64) as *const T) })
+    }
+
     #[inline(always)]
     fn get(sk: u64) -> Option<*mut SockState> {
         match Self::storage(sk, 0) {
@@ -381,6 +425,30 @@ impl Store for Local {
     }
 }
 
+/// Sockets that cannot have state (time-wait and request sockets): every
+/// lookup misses; fields are read with `bpf_probe_read_kernel`.
+pub struct NoState;
+
+impl Store for NoState {
+    #[inline(always)]
+    fn read<T: Copy>(base: u64, off: u32) -> Result<T, i64> {
+        kread(base, off)
+    }
+
+    #[inline(always)]
+    fn get(_sk: u64) -> Option<*mut SockState> {
+        None
+    }
+
+    #[inline(always)]
+    fn put(_sk: u64, _st: &SockState) -> Option<*mut SockState> {
+        None
+    }
+
+    #[inline(always)]
+    fn forget(_sk: u64, _st: Option<*mut SockState>) {}
+}
+
 pub use tracer_common::F_IGNORED;
 
 /// Looks a socket up, or starts tracking one first seen mid-life (it existed
@@ -400,7 +468,7 @@ pub fn lookup_or_midlife<M: Store>(
         }
         return Some(st);
     }
-    let netns = netns_of(sk);
+    let netns = netns_of::<M>(sk);
     let (lport, rport) = ports();
     if !passes(netns, lport, rport) {
         let _ = M::put(sk, &fresh_state(now, netns, F_IGNORED));

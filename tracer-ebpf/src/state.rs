@@ -12,7 +12,7 @@ use crate::{
     conf,
     sock::{
         count, current_comm, fresh_state, header, idle_ms, kread, lookup_or_midlife, netns_of,
-        now_ns, passes, ports_of, tuple_of, Local, Lru, Rec, Store, F_IGNORED,
+        now_ns, passes, ports_of, tcp_sock, tuple_of, Local, Lru, Rec, Store, F_IGNORED,
     },
     EVENTS, LISTENERS,
 };
@@ -70,7 +70,7 @@ struct Raw(u64);
 impl Source for Raw {
     #[inline(always)]
     fn tuple(&self, t: &mut Tuple) {
-        *t = tuple_of(self.0);
+        *t = tuple_of::<Local>(self.0);
     }
 }
 
@@ -112,12 +112,13 @@ fn try_raw(ctx: &BtfTracePointContext) -> Result<i64, i64> {
     if !wanted(old, new) {
         return Ok(0);
     }
-    if conf!(sk_protocol) != ABSENT && kread::<u16>(sk, conf!(sk_protocol))? != IPPROTO_TCP {
+    // Not TCP (MPTCP and SCTP use this tracepoint too): nothing to do.
+    let Some(sk) = tcp_sock(sk) else {
         return Ok(0);
-    }
+    };
     // Like the classic record (TP_STORE_ADDR_PORTS): inet_sport, inet_dport,
     // read only when a socket is new to the map.
-    on_change::<_, Local>(&Raw(sk), sk, old, new, || ports_of(sk))
+    on_change::<_, Local>(&Raw(sk), sk, old, new, || ports_of::<Local>(sk))
 }
 
 /// Everything after the decoding, shared by both hooks.
@@ -140,7 +141,7 @@ fn on_change<S: Source, M: Store>(
             let (sport, dport) = ports();
             return on_accept_birth::<M>(sk, sport, dport, now);
         }
-        TCP_LISTEN => return on_listen(sk, ports().0),
+        TCP_LISTEN => return on_listen::<M>(sk, ports().0),
         _ => {}
     }
     let st = if old == TCP_ESTABLISHED || new == TCP_CLOSE {
@@ -173,13 +174,13 @@ fn on_change<S: Source, M: Store>(
         s.close_start_ns = now;
         s.close_from = old;
         s.close_to = new;
-        s.idle_at_close_ms = idle_ms(sk);
+        s.idle_at_close_ms = idle_ms::<M>(sk);
         // `bytes_received` advances with rcv_nxt, and a FIN takes one
         // sequence number (tcp_rcv_nxt_update(), net/ipv4/tcp_input.c): on a
         // peer FIN, "no response byte" is one more than at the request.
         let fin = (new == TCP_CLOSE_WAIT) as u64;
         let inflight = s.flags & F_ROLE_CLIENT != 0 && s.messages > 0 && {
-            let rcvd: u64 = kread(sk, conf!(tp_bytes_received)).unwrap_or(0);
+            let rcvd: u64 = M::read(sk, conf!(tp_bytes_received)).unwrap_or(0);
             rcvd == s.rcvd_at_msg + fin
         };
         if inflight {
@@ -190,7 +191,7 @@ fn on_change<S: Source, M: Store>(
             // (net/ipv4/tcp.c): the current task is the actor.
             TCP_FIN_WAIT1 => {
                 s.flags |= F_LOCAL_CLOSE_FIRST;
-                local_close(s, sk, tid, false);
+                local_close::<M>(s, sk, tid, false);
             }
             TCP_CLOSE_WAIT => s.flags |= F_PEER_FIN_FIRST,
             TCP_CLOSE if s.flags & F_RST_RECEIVED == 0 => {
@@ -198,19 +199,19 @@ fn on_change<S: Source, M: Store>(
                 // close by the application (SO_LINGER 0, or unread data):
                 // tcp_disconnect()/__tcp_close() set CLOSE, then send the RST.
                 s.flags |= F_LOCAL_CLOSE_FIRST | F_RST_SENT;
-                local_close(s, sk, tid, true);
+                local_close::<M>(s, sk, tid, true);
             }
             _ => {}
         }
         if inflight && new == TCP_FIN_WAIT1 {
             // The proxy gave up on a request in flight (its read timeout, or
             // its client left): let userspace join the 5xx that follows.
-            emit_conn(KIND_OBSERVE, sk, s, src, now, true);
+            emit_conn::<S, M>(KIND_OBSERVE, sk, s, src, now, true);
         } else if inflight && new == TCP_CLOSE_WAIT {
             // The backend's FIN answered a request: a failure now, although
             // the socket may close only after the proxy has written its 5xx
             // (HAProxy answers first, then closes). Softirq: no actor.
-            emit_conn(KIND_OBSERVE, sk, s, src, now, false);
+            emit_conn::<S, M>(KIND_OBSERVE, sk, s, src, now, false);
         }
     } else if old == TCP_CLOSE_WAIT
         && (new == TCP_LAST_ACK || (new == TCP_CLOSE && s.flags & F_RST_RECEIVED == 0))
@@ -223,14 +224,14 @@ fn on_change<S: Source, M: Store>(
             s.flags |= F_RST_SENT;
         }
         if s.flags & F_INFLIGHT_AT_CLOSE != 0 {
-            emit_conn(KIND_OBSERVE, sk, s, src, now, true);
+            emit_conn::<S, M>(KIND_OBSERVE, sk, s, src, now, true);
         }
     } else if old == TCP_SYN_SENT && new == TCP_CLOSE {
         s.flags |= F_CONNECT_FAILED;
         s.close_start_ns = now;
         s.close_from = old;
         s.close_to = new;
-        let err: i32 = kread(sk, conf!(sk_err)).unwrap_or(0);
+        let err: i32 = M::read(sk, conf!(sk_err)).unwrap_or(0);
         if s.flags & F_RST_RECEIVED == 0 && err != ETIMEDOUT {
             // No RST and no kernel timeout: the application abandoned the
             // connect (a proxy's connect timeout), in its own context.
@@ -256,7 +257,7 @@ fn on_change<S: Source, M: Store>(
 
 /// Records the closing task, and whether it was exiting (crash, kill, OOM).
 #[inline(always)]
-fn local_close(s: &mut SockState, sk: u64, tid: u32, abortive: bool) {
+fn local_close<M: Store>(s: &mut SockState, sk: u64, tid: u32, abortive: bool) {
     s.closer_tid = tid;
     let task = unsafe { aya_ebpf::helpers::bpf_get_current_task() };
     if let Ok(flags) = kread::<u32>(task, conf!(task_flags)) {
@@ -267,8 +268,8 @@ fn local_close(s: &mut SockState, sk: u64, tid: u32, abortive: bool) {
     // Unread data turns close() into an abort (__tcp_close() sends an RST
     // and goes straight to CLOSE), so only an abortive close can have it.
     if abortive {
-        let rcv_nxt: u32 = kread(sk, conf!(tp_rcv_nxt)).unwrap_or(0);
-        let copied: u32 = kread(sk, conf!(tp_copied_seq)).unwrap_or(0);
+        let rcv_nxt: u32 = M::read(sk, conf!(tp_rcv_nxt)).unwrap_or(0);
+        let copied: u32 = M::read(sk, conf!(tp_copied_seq)).unwrap_or(0);
         if rcv_nxt != copied {
             s.flags |= F_UNREAD_AT_CLOSE;
         }
@@ -294,11 +295,11 @@ fn on_close<S: Source, M: Store>(src: &S, sk: u64, st: *mut SockState, now: u64)
     if s.close_start_ns == 0 {
         s.close_start_ns = now;
     }
-    let err: i32 = kread(sk, conf!(sk_err)).unwrap_or(0);
+    let err: i32 = M::read(sk, conf!(sk_err)).unwrap_or(0);
     let abnormal = s.flags & F_ABNORMAL != 0 || err != 0;
     if abnormal || conf!(report_all) != 0 {
         s.flags |= F_REPORTED;
-        emit_conn(KIND_CLOSE, sk, s, src, now, false);
+        emit_conn::<S, M>(KIND_CLOSE, sk, s, src, now, false);
     } else {
         M::forget(sk, Some(st));
     }
@@ -306,13 +307,20 @@ fn on_close<S: Source, M: Store>(src: &S, sk: u64, st: *mut SockState, now: u64)
 
 /// Writes a [`ConnRecord`] for this socket straight into the ring buffer.
 #[inline(always)]
-pub fn emit_conn<S: Source>(kind: u8, sk: u64, s: &SockState, src: &S, now: u64, task_ctx: bool) {
-    emit_conn_tuple(kind, sk, s, now, task_ctx, |t| src.tuple(t));
+pub fn emit_conn<S: Source, M: Store>(
+    kind: u8,
+    sk: u64,
+    s: &SockState,
+    src: &S,
+    now: u64,
+    task_ctx: bool,
+) {
+    emit_conn_tuple::<M>(kind, sk, s, now, task_ctx, |t| src.tuple(t));
 }
 
 /// Shared by every [`ConnRecord`] producer; `fill` writes the addresses.
 #[inline(always)]
-pub fn emit_conn_tuple(
+pub fn emit_conn_tuple<M: Store>(
     kind: u8,
     sk: u64,
     s: &SockState,
@@ -324,9 +332,9 @@ pub fn emit_conn_tuple(
         count(C_LOST_RINGBUF);
         return;
     };
-    let bytes_sent = kread(sk, conf!(tp_bytes_acked)).unwrap_or(0);
-    let bytes_received = kread(sk, conf!(tp_bytes_received)).unwrap_or(0);
-    let sk_err = kread(sk, conf!(sk_err)).unwrap_or(0);
+    let bytes_sent = M::read(sk, conf!(tp_bytes_acked)).unwrap_or(0);
+    let bytes_received = M::read(sk, conf!(tp_bytes_received)).unwrap_or(0);
+    let sk_err = M::read(sk, conf!(sk_err)).unwrap_or(0);
     let rec = entry.as_mut_ptr();
     // SAFETY: `rec` points to reserved ring-buffer memory of the right size;
     // every field is written before submit.
@@ -368,7 +376,7 @@ pub const BPF_RB_NO_WAKEUP: u64 = 1;
 fn on_connect<M: Store>(sk: u64, sport: u16, dport: u16, now: u64) -> Result<i64, i64> {
     let id = aya_ebpf::helpers::bpf_get_current_pid_tgid();
     let tgid = (id >> 32) as u32;
-    let netns = netns_of(sk);
+    let netns = netns_of::<M>(sk);
     if tgid == conf!(self_tgid) || !passes(netns, sport, dport) {
         let _ = M::put(sk, &fresh_state(now, netns, F_IGNORED));
         return Ok(0);
@@ -385,7 +393,7 @@ fn on_connect<M: Store>(sk: u64, sport: u16, dport: u16, now: u64) -> Result<i64
 /// owner is the listener's until the application touches it.
 #[inline(always)]
 fn on_accept_birth<M: Store>(sk: u64, sport: u16, dport: u16, now: u64) -> Result<i64, i64> {
-    let netns = netns_of(sk);
+    let netns = netns_of::<M>(sk);
     if !passes(netns, sport, dport) {
         let _ = M::put(sk, &fresh_state(now, netns, F_IGNORED));
         return Ok(0);
@@ -408,8 +416,8 @@ fn on_accept_birth<M: Store>(sk: u64, sport: u16, dport: u16, now: u64) -> Resul
 /// `listen()` runs in the listening task: remember it as the owner of the
 /// connections it will accept.
 #[inline(always)]
-fn on_listen(sk: u64, sport: u16) -> Result<i64, i64> {
-    let netns = netns_of(sk);
+fn on_listen<M: Store>(sk: u64, sport: u16) -> Result<i64, i64> {
+    let netns = netns_of::<M>(sk);
     if !passes(netns, sport, 0) {
         return Ok(0);
     }

@@ -129,7 +129,12 @@ const STATE_HOOKS: &[(&str, &str, &str, &str)] = &[
         "sock",
         "inet_sock_set_state",
     ),
-    ("tcp_send_reset", "tcp_send_reset_btf", "tcp", "tcp_send_reset"),
+    (
+        "tcp_send_reset",
+        "tcp_send_reset_btf",
+        "tcp",
+        "tcp_send_reset",
+    ),
     (
         "tcp_receive_reset",
         "tcp_receive_reset_btf",
@@ -222,9 +227,9 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         match loaded {
             Ok(()) => btf_set = Some(ebpf),
             Err(e) if opts.state_hook == StateHook::TpBtf => return Err(e),
-            Err(e) => log::info!(
-                "{e}; using the classic tracepoints and an LRU map for socket state"
-            ),
+            Err(e) => {
+                log::info!("{e}; using the classic tracepoints and an LRU map for socket state")
+            }
         }
     }
     let (mut ebpf, state_hook, state_store) = match btf_set {
@@ -259,13 +264,8 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
     } else {
         "tcp_sendmsg_locked_lru"
     };
-    match load_btf(
-        &mut ebpf,
-        send_prog,
-        "tcp_sendmsg_locked",
-        aya_btf.as_ref(),
-    )
-    .and_then(|()| attach_loaded_btf(&mut ebpf, send_prog, "tcp_sendmsg_locked"))
+    match load_btf(&mut ebpf, send_prog, "tcp_sendmsg_locked", aya_btf.as_ref())
+        .and_then(|()| attach_loaded_btf(&mut ebpf, send_prog, "tcp_sendmsg_locked"))
     {
         Ok(()) => hooks.push(HookStatus {
             name: send,

@@ -132,6 +132,10 @@ pub struct Options {
     /// the eBPF hot path. Writes no report.
     #[arg(long, conflicts_with = "report")]
     pub profile_only: bool,
+    /// Measure this tracer binary instead of building the workspace's (for
+    /// comparing two builds back to back).
+    #[arg(long, value_name = "PATH")]
+    pub tracer: Option<PathBuf>,
     /// Rounds over all conditions (default 3; 1 with --quick).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=20))]
     pub rounds: Option<u32>,
@@ -171,7 +175,11 @@ pub fn bench(opts: &Options) -> Result<ExitCode> {
         bench: true,
     })?;
     let tools = Tools::find()?;
-    let tracer = build::tracer(true)?;
+    let tracer = match &opts.tracer {
+        Some(path) if path.is_file() => path.clone(),
+        Some(path) => bail!("--tracer {}: no such file", path.display()),
+        None => build::tracer(true)?,
+    };
     install_signal_handlers();
 
     let machine = Machine::probe(&tools);
