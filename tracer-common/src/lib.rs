@@ -107,11 +107,6 @@ pub const F_UNACKED_AT_CLOSE: u32 = 1 << 14;
 /// with one lookup. Never emitted.
 pub const F_IGNORED: u32 = 1 << 31;
 
-/// Socket-local storage only: the socket closed normally or was destroyed;
-/// its storage lives on until the kernel frees the socket but no hook may
-/// use it (the LRU map deletes the entry instead). Never emitted.
-pub const F_DONE: u32 = 1 << 30;
-
 /// Flags that make a close worth reporting without `--all`.
 pub const F_ABNORMAL: u32 = F_RST_RECEIVED
     | F_RST_SENT

@@ -10,10 +10,10 @@ use tracer_common::*;
 use crate::{
     conf,
     sock::{
-        count, header, now_ns, reported, tcp_sock, tpread, tpread_proto, tuple_of, Local, Lru,
-        Store,
+        count, header, now_ns, reported, tcp_sock, tpread, tpread_proto, tuple_of, Direct, Probed,
+        SockAccess,
     },
-    state::{emit_conn_tuple, BPF_RB_NO_WAKEUP},
+    state::{emit_conn_tuple, submit_flags},
     EVENTS, PORTS,
 };
 
@@ -21,7 +21,7 @@ use crate::{
 pub fn tcp_destroy_sock(ctx: TracePointContext) -> u32 {
     count(C_DESTROY_SEEN);
     match tpread(&ctx, conf!(ds_skaddr)) {
-        Ok(sk) => on_destroy::<Lru>(sk) as u32,
+        Ok(sk) => on_destroy::<Probed>(sk) as u32,
         Err(e) => e as u32,
     }
 }
@@ -31,13 +31,13 @@ pub fn tcp_destroy_sock(ctx: TracePointContext) -> u32 {
 pub fn tcp_destroy_sock_btf(ctx: BtfTracePointContext) -> i32 {
     count(C_DESTROY_SEEN);
     match tcp_sock(ctx.arg(0)) {
-        Some(sk) => on_destroy::<Local>(sk) as i32,
+        Some(sk) => on_destroy::<Direct>(sk) as i32,
         None => 0,
     }
 }
 
 #[inline(always)]
-fn on_destroy<M: Store>(sk: u64) -> i64 {
+fn on_destroy<M: SockAccess>(sk: u64) -> i64 {
     let Some(st) = M::get(sk) else {
         return 0;
     };
@@ -54,7 +54,7 @@ fn on_destroy<M: Store>(sk: u64) -> i64 {
             *t = tuple_of::<M>(sk)
         });
     }
-    M::forget(sk, Some(st));
+    M::forget(sk);
     0
 }
 
@@ -109,7 +109,7 @@ fn try_error(ctx: &TracePointContext) -> Result<i64, i64> {
         error,
         _pad: 0,
     });
-    entry.submit(BPF_RB_NO_WAKEUP);
+    entry.submit(submit_flags());
     count(C_EMITTED);
     Ok(0)
 }

@@ -1,7 +1,6 @@
 //! Kernel half of the tracer: tracepoint programs that keep per-socket state
-//! (in socket-local storage from BTF programs, else in a bounded LRU map) and
-//! emit one compact record per socket that ends abnormally (or per socket,
-//! with `--all`) to a single ring buffer.
+//! in a bounded LRU map and emit one compact record per socket that ends
+//! abnormally (or per socket, with `--all`) to a single ring buffer.
 //!
 //! Field offsets are never hard-coded: userspace parses tracefs `format`
 //! files and BTF at start-up and hands them over in [`CONFIG`].
@@ -15,8 +14,7 @@ mod sock;
 mod state;
 
 use aya_ebpf::{
-    btf_maps::SkStorage,
-    macros::{btf_map, map},
+    macros::map,
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use tracer_common::{
@@ -30,11 +28,7 @@ static CONFIG: Config = Config::empty();
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
 
-/// Per-socket state for the BTF programs (`sock::Local`).
-#[btf_map]
-static SOCK_STORE: SkStorage<SockState> = SkStorage::new();
-
-/// Per-socket state for the classic tracepoints (`sock::Lru`).
+/// Per-socket state, keyed by the socket's address.
 #[map]
 static SOCKS: LruHashMap<u64, SockState> = LruHashMap::with_max_entries(DEFAULT_MAX_SOCKS, 0);
 

@@ -1,6 +1,6 @@
 //! `tcp:tcp_send_reset` and `tcp:tcp_receive_reset`: RST direction, and the
 //! kernel's `sk_rst_reason` on 6.10+. Each comes as a classic tracepoint
-//! (next to the LRU store) and as a BTF tracepoint (socket-local storage).
+//! and as a BTF tracepoint (plain loads instead of probe reads).
 
 use aya_ebpf::{
     macros::{btf_tracepoint, tracepoint},
@@ -12,9 +12,10 @@ use crate::{
     conf,
     sock::{
         count, header, kread, lookup_or_midlife, netns_of, now_ns, passes, ports_of, reported,
-        tcp_sock, tp_sockaddr, tpread, tuple_of, tuple_of_any, Local, Lru, NoState, Store,
+        tcp_sock, tp_sockaddr, tpread, tuple_of, tuple_of_any, Clock, Direct, NoState, Probed,
+        SockAccess,
     },
-    state::BPF_RB_NO_WAKEUP,
+    state::submit_flags,
     EVENTS,
 };
 
@@ -22,7 +23,7 @@ use crate::{
 pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
     count(C_RESET_SEEN);
     match tpread(&ctx, conf!(rr_skaddr)) {
-        Ok(sk) => on_receive_reset::<Lru>(sk) as u32,
+        Ok(sk) => on_receive_reset::<Probed>(sk) as u32,
         Err(e) => e as u32,
     }
 }
@@ -32,20 +33,21 @@ pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
 pub fn tcp_receive_reset_btf(ctx: BtfTracePointContext) -> i32 {
     count(C_RESET_SEEN);
     match tcp_sock(ctx.arg(0)) {
-        Some(sk) => on_receive_reset::<Local>(sk) as i32,
+        Some(sk) => on_receive_reset::<Direct>(sk) as i32,
         None => 0,
     }
 }
 
 #[inline(always)]
-fn on_receive_reset<M: Store>(sk: u64) -> i64 {
+fn on_receive_reset<M: SockAccess>(sk: u64) -> i64 {
     if sk == 0 {
         return 0;
     }
-    let now = now_ns();
-    let Some(st) = lookup_or_midlife::<M>(sk, || ports_of::<M>(sk), now) else {
+    let mut clock = Clock::new();
+    let Some(st) = lookup_or_midlife::<M>(sk, || ports_of::<M>(sk), &mut clock) else {
         return 0;
     };
+    let now = clock.now();
     // SAFETY: map value pointer.
     let s = unsafe { &mut *st };
     s.flags |= F_RST_RECEIVED;
@@ -66,9 +68,9 @@ pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
         Err(_) => 0,
     };
     let state: i32 = tpread(&ctx, conf!(sr_state)).unwrap_or(0);
-    on_send_reset::<Lru>(sk, reason_plus1, state as u32, |tuple| {
+    on_send_reset::<Probed>(sk, reason_plus1, state as u32, |tuple| {
         // The record's own addresses: right for time-wait sockets too.
-        *tuple = tuple_of::<Lru>(sk);
+        *tuple = tuple_of::<Probed>(sk);
         if conf!(sr_saddr) != ABSENT && conf!(sr_daddr) != ABSENT {
             let mut t = *tuple;
             let (family, sport) = tp_sockaddr(&ctx, conf!(sr_saddr), &mut t.saddr);
@@ -96,7 +98,9 @@ pub fn tcp_send_reset_btf(ctx: BtfTracePointContext) -> i32 {
     };
     let state = kread::<u8>(sk, conf!(sk_state)).unwrap_or(0) as u32;
     let r = match tcp_sock(sk) {
-        Some(tp) => on_send_reset::<Local>(tp, reason_plus1, state, |t| *t = tuple_of::<Local>(tp)),
+        Some(tp) => {
+            on_send_reset::<Direct>(tp, reason_plus1, state, |t| *t = tuple_of::<Direct>(tp))
+        }
         // A time-wait or request socket: no state, only a record.
         None => on_send_reset::<NoState>(sk, reason_plus1, state, |t| *t = tuple_of_any(sk)),
     };
@@ -104,7 +108,7 @@ pub fn tcp_send_reset_btf(ctx: BtfTracePointContext) -> i32 {
 }
 
 #[inline(always)]
-fn on_send_reset<M: Store>(
+fn on_send_reset<M: SockAccess>(
     sk: u64,
     reason_plus1: u32,
     state: u32,
@@ -156,7 +160,7 @@ fn on_send_reset<M: Store>(
         reason_plus1,
         state,
     });
-    entry.submit(BPF_RB_NO_WAKEUP);
+    entry.submit(submit_flags());
     count(C_EMITTED);
     0
 }

@@ -15,9 +15,9 @@ use crate::{
     conf,
     sock::{
         count, current_comm, header, idle_ms, kread, lookup_or_midlife, now_ns, ports_of, tcp_sock,
-        tuple_of, Local, Lru, Store,
+        tuple_of, Clock, Direct, SockAccess,
     },
-    state::BPF_RB_NO_WAKEUP,
+    state::submit_flags,
     EVENTS,
 };
 
@@ -26,21 +26,13 @@ pub fn tcp_sendmsg_locked(ctx: BtfTracePointContext) -> i32 {
     let Some(sk) = tcp_sock(ctx.arg(0)) else {
         return 0;
     };
-    match try_send::<Local>(&ctx, sk) {
-        Ok(v) | Err(v) => v as i32,
-    }
-}
-
-/// The same, next to classic state tracepoints (their LRU map).
-#[btf_tracepoint(function = "tcp_sendmsg_locked")]
-pub fn tcp_sendmsg_locked_lru(ctx: BtfTracePointContext) -> i32 {
-    match try_send::<Lru>(&ctx, ctx.arg(0)) {
+    match try_send::<Direct>(&ctx, sk) {
         Ok(v) | Err(v) => v as i32,
     }
 }
 
 #[inline(always)]
-fn try_send<M: Store>(ctx: &BtfTracePointContext, sk: u64) -> Result<i64, i64> {
+fn try_send<M: SockAccess>(ctx: &BtfTracePointContext, sk: u64) -> Result<i64, i64> {
     let st = match M::get(sk) {
         Some(st) => {
             // SAFETY: map value pointer.
@@ -49,7 +41,7 @@ fn try_send<M: Store>(ctx: &BtfTracePointContext, sk: u64) -> Result<i64, i64> {
             }
             st
         }
-        None => match lookup_or_midlife::<M>(sk, || ports_of::<M>(sk), now_ns()) {
+        None => match lookup_or_midlife::<M>(sk, || ports_of::<M>(sk), &mut Clock::new()) {
             Some(st) => st,
             None => return Ok(0),
         },
@@ -102,7 +94,7 @@ fn try_send<M: Store>(ctx: &BtfTracePointContext, sk: u64) -> Result<i64, i64> {
 /// Reads the first bytes of the message and emits a record when they are an
 /// HTTP/1.x 5xx status line.
 #[inline(always)]
-fn sniff<M: Store>(sk: u64, msg: u64, s: &SockState, now: u64, id: u64) {
+fn sniff<M: SockAccess>(sk: u64, msg: u64, s: &SockState, now: u64, id: u64) {
     let iter = msg + conf!(msg_iter) as u64;
     let Ok(ty) = kread::<u8>(iter, conf!(iter_type)) else {
         return;
@@ -150,7 +142,7 @@ fn sniff<M: Store>(sk: u64, msg: u64, s: &SockState, now: u64, id: u64) {
         _pad2: 0,
         comm: current_comm(),
     });
-    entry.submit(BPF_RB_NO_WAKEUP);
+    entry.submit(submit_flags());
     count(C_EMITTED);
 }
 

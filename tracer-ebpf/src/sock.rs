@@ -10,8 +10,8 @@ use aya_ebpf::{
     EbpfContext as _,
 };
 use tracer_common::{
-    Header, SockState, Tuple, ABSENT, AF_INET6, COMM_LEN, C_FILTERED, C_LOST_MAP_FULL, F_DONE,
-    F_MIDLIFE, F_REPORTED, TCP_NEW_SYN_RECV, TCP_TIME_WAIT,
+    Header, SockState, Tuple, ABSENT, AF_INET6, COMM_LEN, C_FILTERED, C_LOST_MAP_FULL, F_MIDLIFE,
+    F_REPORTED, TCP_NEW_SYN_RECV, TCP_TIME_WAIT,
 };
 
 use crate::{conf, COUNTERS, NETNS, PORTS, SOCKS};
@@ -103,7 +103,7 @@ pub fn tpread_proto(ctx: &TracePointContext, off: u32, size: u32) -> Result<u16,
 
 /// Network-namespace inode of a socket: `sk->__sk_common.skc_net.net->ns.inum`.
 #[inline(always)]
-pub fn netns_of<M: Store>(sk: u64) -> u32 {
+pub fn netns_of<M: SockAccess>(sk: u64) -> u32 {
     let net: u64 = match M::read(sk, conf!(sk_net)) {
         Ok(n) => n,
         Err(_) => return 0,
@@ -144,6 +144,25 @@ pub fn header(kind: u8, skaddr: u64, now: u64) -> Header {
     }
 }
 
+/// `bpf_ktime_get_ns`, read at most once per program run and only if used
+/// (most state changes of a healthy connection need no time).
+pub struct Clock(u64);
+
+impl Clock {
+    #[inline(always)]
+    pub fn new() -> Self {
+        Self(0)
+    }
+
+    #[inline(always)]
+    pub fn now(&mut self) -> u64 {
+        if self.0 == 0 {
+            self.0 = now_ns();
+        }
+        self.0
+    }
+}
+
 #[inline(always)]
 pub fn now_ns() -> u64 {
     // SAFETY: plain helper call.
@@ -159,7 +178,7 @@ pub fn current_comm() -> [u8; COMM_LEN] {
 /// time-wait sockets alike (both start with `sock_common`,
 /// include/net/sock.h, include/net/inet_timewait_sock.h).
 #[inline(always)]
-pub fn tuple_of<M: Store>(sk: u64) -> Tuple {
+pub fn tuple_of<M: SockAccess>(sk: u64) -> Tuple {
     let mut t = Tuple {
         saddr: [0; 16],
         daddr: [0; 16],
@@ -185,7 +204,7 @@ pub fn tuple_of<M: Store>(sk: u64) -> Tuple {
 /// `inet_sock`, its local port is `skc_num` (kept while it is hashed).
 #[inline(always)]
 pub fn tuple_of_any(sk: u64) -> Tuple {
-    let mut t = tuple_of::<Lru>(sk);
+    let mut t = tuple_of::<Probed>(sk);
     let state: u8 = kread(sk, conf!(sk_state)).unwrap_or(0);
     if state == TCP_TIME_WAIT || state == TCP_NEW_SYN_RECV {
         t.sport = kread::<u16>(sk, conf!(sk_num)).unwrap_or(0);
@@ -195,7 +214,7 @@ pub fn tuple_of_any(sk: u64) -> Tuple {
 
 /// (local, remote) ports of a socket, also after close.
 #[inline(always)]
-pub fn ports_of<M: Store>(sk: u64) -> (u16, u16) {
+pub fn ports_of<M: SockAccess>(sk: u64) -> (u16, u16) {
     (
         local_port::<M>(sk),
         u16::from_be(M::read::<u16>(sk, conf!(sk_dport)).unwrap_or(0)),
@@ -204,7 +223,7 @@ pub fn ports_of<M: Store>(sk: u64) -> (u16, u16) {
 
 /// The local port, also after close (see `Config::sk_inet_sport`).
 #[inline(always)]
-pub fn local_port<M: Store>(sk: u64) -> u16 {
+pub fn local_port<M: SockAccess>(sk: u64) -> u16 {
     match M::read::<u16>(sk, conf!(sk_inet_sport)) {
         Ok(p) if p != 0 => u16::from_be(p),
         _ => M::read::<u16>(sk, conf!(sk_num)).unwrap_or(0),
@@ -237,7 +256,7 @@ pub fn jiffies32() -> u32 {
 /// Milliseconds since the later of the socket's last data sent
 /// (`tcp_sock.lsndtime`) and last data received (`icsk_ack.lrcvtime`).
 #[inline(always)]
-pub fn idle_ms<M: Store>(sk: u64) -> u32 {
+pub fn idle_ms<M: SockAccess>(sk: u64) -> u32 {
     let snd: u32 = M::read(sk, conf!(tp_lsndtime)).unwrap_or(0);
     let rcv: u32 = M::read(sk, conf!(icsk_lrcvtime)).unwrap_or(0);
     let last = if (snd.wrapping_sub(rcv) as i32) > 0 {
@@ -282,10 +301,10 @@ pub fn fresh_state(now: u64, netns: u32, flags: u32) -> SockState {
     }
 }
 
-/// Where per-socket state lives, and how socket memory is read. Two kinds of
-/// program, the same logic: programs are generic over the store and the
-/// loader attaches one set.
-pub trait Store {
+/// How a program reaches a socket: its memory, and its state in `SOCKS`.
+/// Two kinds of program, the same logic: classic tracepoints ([`Probed`]) and
+/// BTF tracepoints ([`Direct`]); the loader attaches one set.
+pub trait SockAccess {
     /// Reads a `T` at `base + off`: a field of the socket, or of a kernel
     /// object reached from it (its `struct net`). `ABSENT` offsets fail.
     fn read<T: Copy>(base: u64, off: u32) -> Result<T, i64>;
@@ -295,16 +314,15 @@ pub trait Store {
     /// mid-life), replacing any earlier one.
     fn put(sk: u64, st: &SockState) -> Option<*mut SockState>;
     /// The socket is done with (closed normally, or destroyed): later hooks
-    /// must not find it. `st` is its state when the caller has it; without
-    /// it, an ignored or unknown socket.
-    fn forget(sk: u64, st: Option<*mut SockState>);
+    /// must not find it.
+    fn forget(sk: u64);
 }
 
-/// `SOCKS`, a bounded LRU hash map keyed by the socket's address: works
-/// from classic tracepoints (kernels or settings without BTF programs).
-pub struct Lru;
+/// Classic tracepoints: `SOCKS` (a bounded LRU hash map keyed by the
+/// socket's address), fields read with `bpf_probe_read_kernel`.
+pub struct Probed;
 
-impl Store for Lru {
+impl SockAccess for Probed {
     #[inline(always)]
     fn read<T: Copy>(base: u64, off: u32) -> Result<T, i64> {
         kread(base, off)
@@ -325,17 +343,10 @@ impl Store for Lru {
     }
 
     #[inline(always)]
-    fn forget(sk: u64, _st: Option<*mut SockState>) {
+    fn forget(sk: u64) {
         let _ = SOCKS.remove(sk);
     }
 }
-
-/// `SOCK_STORE`, socket-local storage (`BPF_MAP_TYPE_SK_STORAGE`): the state
-/// hangs off the socket itself (`sk->sk_bpf_storage`), so a lookup is a
-/// pointer chase instead of a hash, nothing is shared between CPUs, there is
-/// no size to outgrow, and the kernel frees it with the socket. Only BTF
-/// programs (whose `sk` argument the verifier knows) may use it.
-pub struct Local;
 
 /// A BTF program's socket argument as a `struct tcp_sock *` the verifier
 /// knows (same address), or `None` for anything that is not a full TCP
@@ -356,28 +367,17 @@ pub fn tcp_sock(sk: u64) -> Option<u64> {
     (tp != 0).then_some(tp)
 }
 
-/// `bpf_sk_storage_get` flag: create the storage if missing.
-const SK_STORAGE_CREATE: u64 = 1;
+/// BTF tracepoints: the same map, socket fields read by plain loads.
+///
+/// Socket-local storage (`BPF_MAP_TYPE_SK_STORAGE`) was tried instead of
+/// the map and measured slower under connection churn: creating a socket's
+/// storage cost ≈ 1.3 µs against ≈ 0.5 µs for an LRU insert, and the kernel
+/// frees it when the socket is freed, outside the program's own run time,
+/// so that cost hid from `bpf_stats` and showed only as 20–25 % fewer
+/// connections per second (docs/BENCHMARKS.md).
+pub struct Direct;
 
-impl Local {
-    #[inline(always)]
-    fn storage(sk: u64, flags: u64) -> Option<*mut SockState> {
-        let map = core::ptr::addr_of!(crate::SOCK_STORE) as *mut core::ffi::c_void;
-        // SAFETY: `sk` is the BTF `struct sock *` argument of the program
-        // (the verifier checks it); NULL and non-full sockets give NULL.
-        let p = unsafe {
-            aya_ebpf::helpers::generated::bpf_sk_storage_get(
-                map,
-                sk as *mut core::ffi::c_void,
-                core::ptr::null_mut(),
-                flags,
-            )
-        } as *mut SockState;
-        (!p.is_null()).then_some(p)
-    }
-}
-
-impl Store for Local {
+impl SockAccess for Direct {
     /// A plain load: the socket is a BTF pointer (`struct tcp_sock *`, from
     /// [`tcp_sock`]) and the offset a constant the verifier reads from the
     /// frozen `.rodata`, so it checks the access against BTF and turns it
@@ -395,33 +395,17 @@ impl Store for Local {
 
     #[inline(always)]
     fn get(sk: u64) -> Option<*mut SockState> {
-        match Self::storage(sk, 0) {
-            // SAFETY: storage pointer, valid for this program run.
-            Some(p) if unsafe { (*p).flags } & F_DONE == 0 => Some(p),
-            _ => None,
-        }
+        Probed::get(sk)
     }
 
     #[inline(always)]
     fn put(sk: u64, st: &SockState) -> Option<*mut SockState> {
-        let Some(p) = Self::storage(sk, SK_STORAGE_CREATE) else {
-            count(C_LOST_MAP_FULL);
-            return None;
-        };
-        // SAFETY: storage pointer, valid for this program run.
-        unsafe { *p = *st };
-        Some(p)
+        Probed::put(sk, st)
     }
 
     #[inline(always)]
-    fn forget(_sk: u64, st: Option<*mut SockState>) {
-        // Marking is cheaper than bpf_sk_storage_delete (a lock and an RCU
-        // free), and the storage goes with the socket anyway. An ignored
-        // socket stays ignored until a new birth overwrites it.
-        if let Some(p) = st {
-            // SAFETY: storage pointer, valid for this program run.
-            unsafe { (*p).flags = F_DONE };
-        }
+    fn forget(sk: u64) {
+        Probed::forget(sk)
     }
 }
 
@@ -429,7 +413,7 @@ impl Store for Local {
 /// lookup misses; fields are read with `bpf_probe_read_kernel`.
 pub struct NoState;
 
-impl Store for NoState {
+impl SockAccess for NoState {
     #[inline(always)]
     fn read<T: Copy>(base: u64, off: u32) -> Result<T, i64> {
         kread(base, off)
@@ -446,7 +430,7 @@ impl Store for NoState {
     }
 
     #[inline(always)]
-    fn forget(_sk: u64, _st: Option<*mut SockState>) {}
+    fn forget(_sk: u64) {}
 }
 
 pub use tracer_common::F_IGNORED;
@@ -454,12 +438,12 @@ pub use tracer_common::F_IGNORED;
 /// Looks a socket up, or starts tracking one first seen mid-life (it existed
 /// before the tracer, or fell out of the LRU). Returns `None` for sockets the
 /// filters exclude. `ports` (local, remote) is only called for a socket new
-/// to the store.
+/// to the map.
 #[inline(always)]
-pub fn lookup_or_midlife<M: Store>(
+pub fn lookup_or_midlife<M: SockAccess>(
     sk: u64,
     ports: impl FnOnce() -> (u16, u16),
-    now: u64,
+    clock: &mut Clock,
 ) -> Option<*mut SockState> {
     if let Some(st) = M::get(sk) {
         // SAFETY: map value pointer, valid for this program run.
@@ -471,10 +455,10 @@ pub fn lookup_or_midlife<M: Store>(
     let netns = netns_of::<M>(sk);
     let (lport, rport) = ports();
     if !passes(netns, lport, rport) {
-        let _ = M::put(sk, &fresh_state(now, netns, F_IGNORED));
+        let _ = M::put(sk, &fresh_state(0, netns, F_IGNORED));
         return None;
     }
-    M::put(sk, &fresh_state(now, netns, F_MIDLIFE))
+    M::put(sk, &fresh_state(clock.now(), netns, F_MIDLIFE))
 }
 
 /// True once a `KIND_CLOSE` was emitted for this socket.

@@ -12,7 +12,8 @@ use crate::{
     conf,
     sock::{
         count, current_comm, fresh_state, header, idle_ms, kread, lookup_or_midlife, netns_of,
-        now_ns, passes, ports_of, tcp_sock, tuple_of, Local, Lru, Rec, Store, F_IGNORED,
+        now_ns, passes, ports_of, tcp_sock, tuple_of, Clock, Direct, Probed, Rec, SockAccess,
+        F_IGNORED,
     },
     EVENTS, LISTENERS,
 };
@@ -70,7 +71,7 @@ struct Raw(u64);
 impl Source for Raw {
     #[inline(always)]
     fn tuple(&self, t: &mut Tuple) {
-        *t = tuple_of::<Local>(self.0);
+        *t = tuple_of::<Direct>(self.0);
     }
 }
 
@@ -101,7 +102,7 @@ fn try_classic(ctx: &TracePointContext) -> Result<i64, i64> {
     let sk: u64 = rec.get(conf!(ss_skaddr))?;
     let sport: u16 = rec.get(conf!(ss_sport))?;
     let dport: u16 = rec.get(conf!(ss_dport))?;
-    on_change::<_, Lru>(&Classic(&rec), sk, old, new, || (sport, dport))
+    on_change::<_, Probed>(&Classic(&rec), sk, old, new, || (sport, dport))
 }
 
 fn try_raw(ctx: &BtfTracePointContext) -> Result<i64, i64> {
@@ -118,38 +119,37 @@ fn try_raw(ctx: &BtfTracePointContext) -> Result<i64, i64> {
     };
     // Like the classic record (TP_STORE_ADDR_PORTS): inet_sport, inet_dport,
     // read only when a socket is new to the map.
-    on_change::<_, Local>(&Raw(sk), sk, old, new, || ports_of::<Local>(sk))
+    on_change::<_, Direct>(&Raw(sk), sk, old, new, || ports_of::<Direct>(sk))
 }
 
 /// Everything after the decoding, shared by both hooks.
 #[inline(always)]
-fn on_change<S: Source, M: Store>(
+fn on_change<S: Source, M: SockAccess>(
     src: &S,
     sk: u64,
     old: u8,
     new: u8,
     ports: impl Fn() -> (u16, u16),
 ) -> Result<i64, i64> {
-    let now = now_ns();
-
     match new {
         TCP_SYN_SENT => {
             let (sport, dport) = ports();
-            return on_connect::<M>(sk, sport, dport, now);
+            return on_connect::<M>(sk, sport, dport, now_ns());
         }
         TCP_SYN_RECV => {
             let (sport, dport) = ports();
-            return on_accept_birth::<M>(sk, sport, dport, now);
+            return on_accept_birth::<M>(sk, sport, dport, now_ns());
         }
         TCP_LISTEN => return on_listen::<M>(sk, ports().0),
         _ => {}
     }
+    let mut clock = Clock::new();
     let st = if old == TCP_ESTABLISHED || new == TCP_CLOSE {
-        match lookup_or_midlife::<M>(sk, ports, now) {
+        match lookup_or_midlife::<M>(sk, ports, &mut clock) {
             Some(st) => st,
             None => {
                 if new == TCP_CLOSE {
-                    M::forget(sk, None);
+                    M::forget(sk);
                 }
                 return Ok(0);
             }
@@ -171,7 +171,7 @@ fn on_change<S: Source, M: Store>(
         && (old == TCP_ESTABLISHED || (old == TCP_SYN_RECV && new == TCP_CLOSE))
     {
         // The close begins here: who went first, and how idle was it.
-        s.close_start_ns = now;
+        s.close_start_ns = clock.now();
         s.close_from = old;
         s.close_to = new;
         s.idle_at_close_ms = idle_ms::<M>(sk);
@@ -206,12 +206,12 @@ fn on_change<S: Source, M: Store>(
         if inflight && new == TCP_FIN_WAIT1 {
             // The proxy gave up on a request in flight (its read timeout, or
             // its client left): let userspace join the 5xx that follows.
-            emit_conn::<S, M>(KIND_OBSERVE, sk, s, src, now, true);
+            emit_conn::<S, M>(KIND_OBSERVE, sk, s, src, clock.now(), true);
         } else if inflight && new == TCP_CLOSE_WAIT {
             // The backend's FIN answered a request: a failure now, although
             // the socket may close only after the proxy has written its 5xx
             // (HAProxy answers first, then closes). Softirq: no actor.
-            emit_conn::<S, M>(KIND_OBSERVE, sk, s, src, now, false);
+            emit_conn::<S, M>(KIND_OBSERVE, sk, s, src, clock.now(), false);
         }
     } else if old == TCP_CLOSE_WAIT
         && (new == TCP_LAST_ACK || (new == TCP_CLOSE && s.flags & F_RST_RECEIVED == 0))
@@ -224,11 +224,11 @@ fn on_change<S: Source, M: Store>(
             s.flags |= F_RST_SENT;
         }
         if s.flags & F_INFLIGHT_AT_CLOSE != 0 {
-            emit_conn::<S, M>(KIND_OBSERVE, sk, s, src, now, true);
+            emit_conn::<S, M>(KIND_OBSERVE, sk, s, src, clock.now(), true);
         }
     } else if old == TCP_SYN_SENT && new == TCP_CLOSE {
         s.flags |= F_CONNECT_FAILED;
-        s.close_start_ns = now;
+        s.close_start_ns = clock.now();
         s.close_from = old;
         s.close_to = new;
         let err: i32 = M::read(sk, conf!(sk_err)).unwrap_or(0);
@@ -250,14 +250,14 @@ fn on_change<S: Source, M: Store>(
     }
 
     if new == TCP_CLOSE {
-        on_close::<S, M>(src, sk, st, now);
+        on_close::<S, M>(src, sk, st, &mut clock);
     }
     Ok(0)
 }
 
 /// Records the closing task, and whether it was exiting (crash, kill, OOM).
 #[inline(always)]
-fn local_close<M: Store>(s: &mut SockState, sk: u64, tid: u32, abortive: bool) {
+fn local_close<M: SockAccess>(s: &mut SockState, sk: u64, tid: u32, abortive: bool) {
     s.closer_tid = tid;
     let task = unsafe { aya_ebpf::helpers::bpf_get_current_task() };
     if let Ok(flags) = kread::<u32>(task, conf!(task_flags)) {
@@ -283,31 +283,31 @@ fn local_close<M: Store>(s: &mut SockState, sk: u64, tid: u32, abortive: bool) {
 }
 
 /// `TCP_CLOSE`: emit the socket's life if it ended abnormally (or always,
-/// with `--all`). Reported sockets stay in the store until `tcp_destroy_sock`
+/// with `--all`). Reported sockets stay in the map until `tcp_destroy_sock`
 /// so a late RST or the application's close can still be joined.
 #[inline(always)]
-fn on_close<S: Source, M: Store>(src: &S, sk: u64, st: *mut SockState, now: u64) {
+fn on_close<S: Source, M: SockAccess>(src: &S, sk: u64, st: *mut SockState, clock: &mut Clock) {
     // SAFETY: map value pointer.
     let s = unsafe { &mut *st };
     if s.flags & F_REPORTED != 0 {
         return;
     }
     if s.close_start_ns == 0 {
-        s.close_start_ns = now;
+        s.close_start_ns = clock.now();
     }
     let err: i32 = M::read(sk, conf!(sk_err)).unwrap_or(0);
     let abnormal = s.flags & F_ABNORMAL != 0 || err != 0;
     if abnormal || conf!(report_all) != 0 {
         s.flags |= F_REPORTED;
-        emit_conn::<S, M>(KIND_CLOSE, sk, s, src, now, false);
+        emit_conn::<S, M>(KIND_CLOSE, sk, s, src, clock.now(), false);
     } else {
-        M::forget(sk, Some(st));
+        M::forget(sk);
     }
 }
 
 /// Writes a [`ConnRecord`] for this socket straight into the ring buffer.
 #[inline(always)]
-pub fn emit_conn<S: Source, M: Store>(
+pub fn emit_conn<S: Source, M: SockAccess>(
     kind: u8,
     sk: u64,
     s: &SockState,
@@ -320,7 +320,7 @@ pub fn emit_conn<S: Source, M: Store>(
 
 /// Shared by every [`ConnRecord`] producer; `fill` writes the addresses.
 #[inline(always)]
-pub fn emit_conn_tuple<M: Store>(
+pub fn emit_conn_tuple<M: SockAccess>(
     kind: u8,
     sk: u64,
     s: &SockState,
@@ -363,17 +363,34 @@ pub fn emit_conn_tuple<M: Store>(
         };
         (*rec)._pad = 0;
     }
-    entry.submit(BPF_RB_NO_WAKEUP);
+    entry.submit(submit_flags());
     count(C_EMITTED);
 }
 
 /// `bpf_ringbuf_submit` flag: userspace drains on a timer, so no wake-up
 /// (each wake-up is an IPI in a VM: see PERFORMANCE.md).
-pub const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_NO_WAKEUP: u64 = 1;
+/// `bpf_ringbuf_submit` flag: wake the reader now.
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+/// `bpf_ringbuf_query` flag: bytes not yet consumed.
+const BPF_RB_AVAIL_DATA: u64 = 0;
+
+/// How to submit a record: without a wake-up, unless the ring is more than
+/// half full (a burst: a listener aborting its queue, thousands of sockets
+/// closing at once), when the reader is woken so it drains before the ring
+/// fills rather than at its next 10 ms tick.
+#[inline(always)]
+pub fn submit_flags() -> u64 {
+    if EVENTS.query(BPF_RB_AVAIL_DATA) > RING_BYTES as u64 / 2 {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    }
+}
 
 /// `connect()`: CLOSE -> SYN_SENT runs in the connecting task.
 #[inline(always)]
-fn on_connect<M: Store>(sk: u64, sport: u16, dport: u16, now: u64) -> Result<i64, i64> {
+fn on_connect<M: SockAccess>(sk: u64, sport: u16, dport: u16, now: u64) -> Result<i64, i64> {
     let id = aya_ebpf::helpers::bpf_get_current_pid_tgid();
     let tgid = (id >> 32) as u32;
     let netns = netns_of::<M>(sk);
@@ -392,7 +409,7 @@ fn on_connect<M: Store>(sk: u64, sport: u16, dport: u16, now: u64) -> Result<i64
 /// A passive open: the child socket is created in SYN_RECV (softirq); its
 /// owner is the listener's until the application touches it.
 #[inline(always)]
-fn on_accept_birth<M: Store>(sk: u64, sport: u16, dport: u16, now: u64) -> Result<i64, i64> {
+fn on_accept_birth<M: SockAccess>(sk: u64, sport: u16, dport: u16, now: u64) -> Result<i64, i64> {
     let netns = netns_of::<M>(sk);
     if !passes(netns, sport, dport) {
         let _ = M::put(sk, &fresh_state(now, netns, F_IGNORED));
@@ -416,7 +433,7 @@ fn on_accept_birth<M: Store>(sk: u64, sport: u16, dport: u16, now: u64) -> Resul
 /// `listen()` runs in the listening task: remember it as the owner of the
 /// connections it will accept.
 #[inline(always)]
-fn on_listen<M: Store>(sk: u64, sport: u16) -> Result<i64, i64> {
+fn on_listen<M: SockAccess>(sk: u64, sport: u16) -> Result<i64, i64> {
     let netns = netns_of::<M>(sk);
     if !passes(netns, sport, 0) {
         return Ok(0);

@@ -1,6 +1,6 @@
-//! The collector loop: drain the ring buffer on a timer (the kernel never
-//! wakes us: `BPF_RB_NO_WAKEUP`), decode, feed the engine, write reports,
-//! keep pod filters current, and report loss.
+//! The collector loop: drain the ring buffer on a timer (the kernel does not
+//! wake us, `BPF_RB_NO_WAKEUP`, unless the ring is past half full), decode,
+//! feed the engine, write reports, keep pod filters current, and report loss.
 
 use std::{
     path::Path,
@@ -138,6 +138,7 @@ pub fn run(cli: Cli, filters: Filters, mut loaded: Loaded, mut out: Output) -> a
         signal_hook::flag::register(sig, Arc::clone(&stop)).context("install signal handler")?;
     }
     let mut ring = loader::take_ring(&mut loaded.ebpf).context("open the ring buffer")?;
+    let waker = Waker::new(&ring)?;
 
     let mut engine = Engine::new(EngineConfig {
         report_all: cli.all,
@@ -217,9 +218,63 @@ pub fn run(cli: Cli, filters: Filters, mut loaded: Loaded, mut out: Output) -> a
         if stopping {
             break;
         }
-        std::thread::sleep(DRAIN_EVERY);
+        waker.wait(DRAIN_EVERY);
     }
     Ok(())
+}
+
+/// Sleeps until the next drain: the timer, or earlier when the kernel forces
+/// a wake-up because the ring is filling (`BPF_RB_FORCE_WAKEUP`). Edge
+/// triggered on purpose: a level-triggered poll of a ring buffer is ready as
+/// soon as one record is in it, which would turn the timed drain into a busy
+/// loop under load.
+struct Waker {
+    epoll: std::os::fd::OwnedFd,
+}
+
+impl Waker {
+    fn new(ring: &impl std::os::fd::AsFd) -> anyhow::Result<Self> {
+        use std::os::fd::{AsRawFd as _, FromRawFd as _};
+        // SAFETY: plain syscall; the fd is owned below.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error()).context("epoll_create1");
+        }
+        // SAFETY: a new descriptor nobody else owns.
+        let epoll = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        let mut ev = libc::epoll_event {
+            events: (libc::EPOLLIN | libc::EPOLLET) as u32,
+            u64: 0,
+        };
+        // SAFETY: valid descriptors and event.
+        let rc = unsafe {
+            libc::epoll_ctl(
+                epoll.as_raw_fd(),
+                libc::EPOLL_CTL_ADD,
+                ring.as_fd().as_raw_fd(),
+                &mut ev,
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error()).context("epoll_ctl on the ring buffer");
+        }
+        Ok(Self { epoll })
+    }
+
+    fn wait(&self, timeout: Duration) {
+        use std::os::fd::AsRawFd as _;
+        let mut ev = [libc::epoll_event { events: 0, u64: 0 }];
+        // SAFETY: valid descriptor and buffer. EINTR (a signal) just ends
+        // the wait early, like a wake-up.
+        unsafe {
+            libc::epoll_wait(
+                self.epoll.as_raw_fd(),
+                ev.as_mut_ptr(),
+                1,
+                timeout.as_millis() as i32,
+            )
+        };
+    }
 }
 
 /// Adds pod names to every local end the index can attribute.
@@ -300,7 +355,6 @@ fn write_start(
             "all": cli.all,
         },
         "state_hook": loaded.state_hook,
-        "state_store": loaded.state_store,
         "hz": loaded.config.hz,
         "max_conns": cli.max_conns,
         "startup_ms": loaded.startup_ms,

@@ -83,9 +83,6 @@ pub struct Loaded {
     /// `tp_btf` or `tracepoint`: how `sock:inet_sock_set_state` (and the
     /// other hooks that keep per-socket state) are attached.
     pub state_hook: &'static str,
-    /// Where per-socket state lives: `sk_storage` (with `tp_btf`) or
-    /// `lru_map` (with `tracepoint`, bounded by `--max-conns`).
-    pub state_store: &'static str,
 }
 
 /// Mounts tracefs when it is missing (fresh machines here do not mount it).
@@ -153,10 +150,6 @@ const STATE_HOOKS: &[(&str, &str, &str, &str)] = &[
 const STATELESS_HOOKS: &[(&str, &str, &str)] =
     &[("inet_sk_error_report", "sock", "inet_sk_error_report")];
 
-/// The LRU map's size while the BTF programs are tried: unused by them, and
-/// preallocated, so it is kept tiny unless the classic set is needed.
-const UNUSED_SOCKS: u32 = 256;
-
 /// Loads, configures and attaches everything this kernel supports.
 pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
     let started = Instant::now();
@@ -191,15 +184,12 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
     );
 
     let aya_btf = aya::Btf::from_sys_fs().ok();
-    let open = |socks: u32| -> Result<Ebpf, LoadError> {
-        let mut ebpf = EbpfLoader::new()
-            .btf(aya_btf.as_ref())
-            .override_global(GLOBAL_CONFIG, &config, true)
-            .map_max_entries(MAP_SOCKS, socks)
-            .load(OBJECT)?;
-        fill_filters(&mut ebpf, opts)?;
-        Ok(ebpf)
-    };
+    let mut ebpf = EbpfLoader::new()
+        .btf(aya_btf.as_ref())
+        .override_global(GLOBAL_CONFIG, &config, true)
+        .map_max_entries(MAP_SOCKS, opts.max_conns)
+        .load(OBJECT)?;
+    fill_filters(&mut ebpf, opts)?;
     let available = |event: &str, hooks: &[HookStatus]| {
         hooks
             .iter()
@@ -208,33 +198,32 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
     };
 
     // The state hook runs ten times per connection: as BTF programs the
-    // kernel skips building the classic record and the state is a pointer
-    // away on the socket. The classic tracepoints are the fallback (older
-    // kernels, no BTF, no sk_storage from tracing programs before 5.11).
+    // kernel skips building the classic record, and socket fields are plain
+    // loads instead of helper calls. The classic tracepoints are the
+    // fallback (older kernels, no BTF). Both sets share the socket map; a
+    // set that fails to load is simply not attached.
     use crate::cli::StateHook;
-    let mut btf_set = None;
-    if opts.state_hook != StateHook::Tracepoint {
-        let mut ebpf = open(UNUSED_SOCKS)?;
-        let loaded = STATE_HOOKS
-            .iter()
-            .enumerate()
-            .filter(|(i, (.., group, event))| {
-                *i == 0 || available(&format!("{group}:{event}"), &hooks)
-            })
-            .try_for_each(|(_, (_, prog, _, event))| {
-                load_btf(&mut ebpf, prog, event, aya_btf.as_ref())
-            });
-        match loaded {
-            Ok(()) => btf_set = Some(ebpf),
-            Err(e) if opts.state_hook == StateHook::TpBtf => return Err(e),
-            Err(e) => {
-                log::info!("{e}; using the classic tracepoints and an LRU map for socket state")
+    let state_hook = match opts.state_hook {
+        StateHook::Tracepoint => "tracepoint",
+        wanted => {
+            let loaded = STATE_HOOKS
+                .iter()
+                .enumerate()
+                .filter(|(i, (.., group, event))| {
+                    *i == 0 || available(&format!("{group}:{event}"), &hooks)
+                })
+                .try_for_each(|(_, (_, prog, _, event))| {
+                    load_btf(&mut ebpf, prog, event, aya_btf.as_ref())
+                });
+            match loaded {
+                Ok(()) => "tp_btf",
+                Err(e) if wanted == StateHook::TpBtf => return Err(e),
+                Err(e) => {
+                    log::info!("{e}; using the classic tracepoints for state changes");
+                    "tracepoint"
+                }
             }
         }
-    }
-    let (mut ebpf, state_hook, state_store) = match btf_set {
-        Some(ebpf) => (ebpf, "tp_btf", "sk_storage"),
-        None => (open(opts.max_conns)?, "tracepoint", "lru_map"),
     };
 
     for (i, (classic, btf_prog, group, event)) in STATE_HOOKS.iter().enumerate() {
@@ -259,11 +248,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
     // The only per-send hook: owner attribution of accepted sockets, request
     // counting and the 5xx status line. Optional: without it conn_end works.
     let send = "btf:tcp_sendmsg_locked".to_string();
-    let send_prog = if state_hook == "tp_btf" {
-        "tcp_sendmsg_locked"
-    } else {
-        "tcp_sendmsg_locked_lru"
-    };
+    let send_prog = "tcp_sendmsg_locked";
     match load_btf(&mut ebpf, send_prog, "tcp_sendmsg_locked", aya_btf.as_ref())
         .and_then(|()| attach_loaded_btf(&mut ebpf, send_prog, "tcp_sendmsg_locked"))
     {
@@ -290,7 +275,6 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         config,
         startup_ms: started.elapsed().as_millis() as u64,
         state_hook,
-        state_store,
     })
 }
 

@@ -3222,6 +3222,69 @@ impl JsonParser<'_> {
     }
 }
 
+/// The "where the time goes" section: per-program hits and cost.
+fn profile_markdown(profiles: &[Profile]) -> String {
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "## Where the tracer's time goes (kernel.bpf_stats_enabled=1)\n"
+    );
+    for p in profiles {
+        let Some(w) = p.workload else { continue };
+        let (unit, per) = match w {
+            Workload::Churn => ("connection", p.connections),
+            Workload::KeepAlive => ("request", p.requests),
+        };
+        let _ = writeln!(
+            md,
+            "{}, {:.0} s: {} connections accepted, {} requests, {} kernel events, {} lost; \
+             others' CPU {:.1} % of a core.\n",
+            w.name(),
+            p.secs,
+            thousands(p.connections as f64),
+            thousands(p.requests as f64),
+            thousands(p.events as f64),
+            p.lost,
+            100.0 * p.other_cpu_s / p.secs
+        );
+        let rows: Vec<Vec<String>> = p
+            .progs
+            .iter()
+            .map(|g| {
+                vec![
+                    g.name.clone(),
+                    thousands(g.hits as f64),
+                    format!("{:.2}", g.hits as f64 / per.max(1) as f64),
+                    if g.hits > 0 {
+                        format!("{:.0}", g.ns as f64 / g.hits as f64)
+                    } else {
+                        "–".to_owned()
+                    },
+                    format!("{:.2}", g.ns as f64 / 1000.0 / per.max(1) as f64),
+                ]
+            })
+            .collect();
+        md.push_str(&table(
+            &[
+                "program",
+                "hits",
+                &format!("hits per {unit}"),
+                "ns per hit",
+                &format!("µs per {unit}"),
+            ],
+            &rows,
+        ));
+        let _ = writeln!(
+            md,
+            "\nPer {unit}: kernel {:.2} µs + tracer process {:.2} µs = {:.2} µs.\n",
+            p.kernel_us_per(per),
+            p.user_us_per(per),
+            p.kernel_us_per(per) + p.user_us_per(per)
+        );
+    }
+    md
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -3359,67 +3422,4 @@ Transfer/sec:     10.29MB
         let t = table(&["a", "bb"], &[vec!["xyz".to_owned(), "1".to_owned()]]);
         assert_eq!(t, "| a   | bb |\n| --- | -- |\n| xyz | 1  |\n");
     }
-}
-
-/// The "where the time goes" section: per-program hits and cost.
-fn profile_markdown(profiles: &[Profile]) -> String {
-    let mut md = String::new();
-    let _ = writeln!(
-        md,
-        "## Where the tracer's time goes (kernel.bpf_stats_enabled=1)\n"
-    );
-    for p in profiles {
-        let Some(w) = p.workload else { continue };
-        let (unit, per) = match w {
-            Workload::Churn => ("connection", p.connections),
-            Workload::KeepAlive => ("request", p.requests),
-        };
-        let _ = writeln!(
-            md,
-            "{}, {:.0} s: {} connections accepted, {} requests, {} kernel events, {} lost; \
-             others' CPU {:.1} % of a core.\n",
-            w.name(),
-            p.secs,
-            thousands(p.connections as f64),
-            thousands(p.requests as f64),
-            thousands(p.events as f64),
-            p.lost,
-            100.0 * p.other_cpu_s / p.secs
-        );
-        let rows: Vec<Vec<String>> = p
-            .progs
-            .iter()
-            .map(|g| {
-                vec![
-                    g.name.clone(),
-                    thousands(g.hits as f64),
-                    format!("{:.2}", g.hits as f64 / per.max(1) as f64),
-                    if g.hits > 0 {
-                        format!("{:.0}", g.ns as f64 / g.hits as f64)
-                    } else {
-                        "–".to_owned()
-                    },
-                    format!("{:.2}", g.ns as f64 / 1000.0 / per.max(1) as f64),
-                ]
-            })
-            .collect();
-        md.push_str(&table(
-            &[
-                "program",
-                "hits",
-                &format!("hits per {unit}"),
-                "ns per hit",
-                &format!("µs per {unit}"),
-            ],
-            &rows,
-        ));
-        let _ = writeln!(
-            md,
-            "\nPer {unit}: kernel {:.2} µs + tracer process {:.2} µs = {:.2} µs.\n",
-            p.kernel_us_per(per),
-            p.user_us_per(per),
-            p.kernel_us_per(per) + p.user_us_per(per)
-        );
-    }
-    md
 }
