@@ -545,7 +545,7 @@ fn classic_state_tracepoint_fallback() {
     stop(t);
 }
 
-/// By default this kernel takes the cheaper raw tracepoint.
+/// By default this kernel takes the cheaper BTF tracepoints.
 #[test]
 fn raw_state_tracepoint_by_default() {
     let ns = Netns::new("raw").expect("netns");

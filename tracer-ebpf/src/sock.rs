@@ -311,8 +311,8 @@ pub trait SockAccess {
     /// The socket's state, if it has one (ignored sockets included).
     fn get(sk: u64) -> Option<*mut SockState>;
     /// Gives the socket this state (a birth, or a socket first seen
-    /// mid-life), replacing any earlier one.
-    fn put(sk: u64, st: &SockState) -> Option<*mut SockState>;
+    /// mid-life), replacing any earlier one. False when there was no room.
+    fn put(sk: u64, st: &SockState) -> bool;
     /// The socket is done with (closed normally, or destroyed): later hooks
     /// must not find it.
     fn forget(sk: u64);
@@ -334,12 +334,13 @@ impl SockAccess for Probed {
     }
 
     #[inline(always)]
-    fn put(sk: u64, st: &SockState) -> Option<*mut SockState> {
+    fn put(sk: u64, st: &SockState) -> bool {
+        // No lookup after the insert: births do not need the entry back.
         if SOCKS.insert(sk, st, 0).is_err() {
             count(C_LOST_MAP_FULL);
-            return None;
+            return false;
         }
-        SOCKS.get_ptr_mut(sk)
+        true
     }
 
     #[inline(always)]
@@ -399,7 +400,7 @@ impl SockAccess for Direct {
     }
 
     #[inline(always)]
-    fn put(sk: u64, st: &SockState) -> Option<*mut SockState> {
+    fn put(sk: u64, st: &SockState) -> bool {
         Probed::put(sk, st)
     }
 
@@ -425,8 +426,8 @@ impl SockAccess for NoState {
     }
 
     #[inline(always)]
-    fn put(_sk: u64, _st: &SockState) -> Option<*mut SockState> {
-        None
+    fn put(_sk: u64, _st: &SockState) -> bool {
+        false
     }
 
     #[inline(always)]
@@ -458,7 +459,10 @@ pub fn lookup_or_midlife<M: SockAccess>(
         let _ = M::put(sk, &fresh_state(0, netns, F_IGNORED));
         return None;
     }
-    M::put(sk, &fresh_state(clock.now(), netns, F_MIDLIFE))
+    if !M::put(sk, &fresh_state(clock.now(), netns, F_MIDLIFE)) {
+        return None;
+    }
+    M::get(sk)
 }
 
 /// True once a `KIND_CLOSE` was emitted for this socket.

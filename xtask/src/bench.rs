@@ -560,11 +560,18 @@ impl Lab {
         for ns in NAMESPACES {
             // Churn opens far more connections than one port range holds
             // in TIME_WAIT; reuse is what a busy proxy host configures.
+            // TIME_WAIT sockets last 60 s: a 10 s churn run leaves ≈ 200,000
+            // behind, which slowed whichever run came next (the tracer
+            // always followed the baseline, the fastest run, and lost up to
+            // 15 % to it). A small bucket limit ends them at once for every
+            // condition alike; the state changes seen are the same
+            // (FIN_WAIT2 -> CLOSE either way, tcp_time_wait()).
             sysctl_in(
                 ns,
                 &[
                     "net.ipv4.ip_local_port_range=1024 65535",
                     "net.ipv4.tcp_tw_reuse=1",
+                    "net.ipv4.tcp_max_tw_buckets=4096",
                     "net.core.somaxconn=65535",
                 ],
             )?;
@@ -1704,10 +1711,11 @@ fn measure(lab: &mut Lab, tools: &Tools, tracer: &Path, plan: &Plan) -> Result<R
     for round in 0..plan.rounds {
         let mut budget = RETRIES_PER_ROUND;
         for workload in Workload::ALL {
-            // Rotate the order each round so no condition always follows
-            // the same one.
+            // Rotate the order each round, and reverse it every other
+            // round, so no condition always follows the same one.
             let n = Condition::ALL.len();
             for k in 0..n {
+                let k = if round % 2 == 1 { n - 1 - k } else { k };
                 let cond = Condition::ALL[(k + round * 2) % n];
                 lab.servers_alive()?;
                 let label = format!(
@@ -2549,8 +2557,11 @@ impl Report {
         let _ = writeln!(
             md,
             "- {} round(s) × {} conditions × 2 workloads × {secs} s, after a {secs} s warm-up per workload; \
-             the order of conditions rotates every round. Each tool is started and attached, then 1 s \
-             of quiet, then the load. Ratios are the median over rounds of (run ÷ the same round's \
+             the order of conditions rotates every round and is reversed every other round, so no \
+             condition always follows the same one. Each tool is started and attached, then 1 s \
+             of quiet, then the load. The lab namespaces cap TIME_WAIT sockets at 4,096 \
+             (`net.ipv4.tcp_max_tw_buckets`): otherwise the ≈ 200,000 a churn run leaves behind for \
+             60 s slow the run after it. Ratios are the median over rounds of (run ÷ the same round's \
              baseline); req/s and p99 columns are medians of the raw values.",
             self.plan.rounds,
             Condition::ALL.len()
