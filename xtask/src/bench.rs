@@ -1572,6 +1572,9 @@ fn sum_lost(path: &Path, count: impl Fn(&str) -> Option<u64>) -> u64 {
 #[derive(Debug)]
 struct Run {
     round: usize,
+    /// Each condition's run has a baseline run right next to it with the
+    /// same `pair`: its ratios are to that run.
+    pair: usize,
     workload: Workload,
     cond: Condition,
     wrk: WrkResult,
@@ -1704,6 +1707,30 @@ fn profile_only(lab: &mut Lab, tools: &Tools, tracer: &Path, plan: &Plan) -> Res
     Ok(profiles)
 }
 
+/// The runs of one round of one workload, in order, each with its pair:
+/// every condition runs right next to its own baseline run (the VM's speed
+/// drifts by 10–30 % within minutes; a baseline a few runs away does not
+/// cancel it). The pairs' order rotates each round, and within a pair the
+/// baseline goes first in even rounds, second in odd ones.
+fn schedule(round: usize) -> Vec<(usize, Condition)> {
+    let others: Vec<Condition> = Condition::ALL
+        .into_iter()
+        .filter(|&c| c != Condition::Baseline)
+        .collect();
+    let n = others.len();
+    (0..n)
+        .flat_map(|k| {
+            let cond = others[(k + round) % n];
+            let pair = round * n + k;
+            if round % 2 == 0 {
+                [(pair, Condition::Baseline), (pair, cond)]
+            } else {
+                [(pair, cond), (pair, Condition::Baseline)]
+            }
+        })
+        .collect()
+}
+
 fn measure(lab: &mut Lab, tools: &Tools, tracer: &Path, plan: &Plan) -> Result<Results> {
     let mut results = Results::default();
     let lua = prepare(lab, tools, plan)?;
@@ -1711,12 +1738,7 @@ fn measure(lab: &mut Lab, tools: &Tools, tracer: &Path, plan: &Plan) -> Result<R
     for round in 0..plan.rounds {
         let mut budget = RETRIES_PER_ROUND;
         for workload in Workload::ALL {
-            // Rotate the order each round, and reverse it every other
-            // round, so no condition always follows the same one.
-            let n = Condition::ALL.len();
-            for k in 0..n {
-                let k = if round % 2 == 1 { n - 1 - k } else { k };
-                let cond = Condition::ALL[(k + round * 2) % n];
+            for (pair, cond) in schedule(round) {
                 lab.servers_alive()?;
                 let label = format!(
                     "[round {}/{}] {:<10} {:<17}",
@@ -1753,6 +1775,7 @@ fn measure(lab: &mut Lab, tools: &Tools, tracer: &Path, plan: &Plan) -> Result<R
                         );
                         results.runs.push(Run {
                             round,
+                            pair,
                             workload,
                             cond,
                             wrk,
@@ -2231,7 +2254,7 @@ struct CapacitySummary {
 struct Summary {
     rps: f64,
     p99_ms: f64,
-    /// Median over rounds of (this run / the same round's baseline).
+    /// Median over rounds of (this run / its paired baseline run).
     rps_ratio: Option<f64>,
     p99_ratio: Option<f64>,
     tool_cpu_pct: Option<f64>,
@@ -2252,19 +2275,19 @@ impl Results {
         if runs.is_empty() {
             return None;
         }
-        let baseline = |round: usize| {
+        let baseline = |pair: usize| {
             self.runs_of(w, Condition::Baseline)
-                .find(|b| b.round == round)
+                .find(|b| b.pair == pair)
         };
         let mut rps: Vec<f64> = runs.iter().map(|r| r.wrk.rps).collect();
         let mut p99: Vec<f64> = runs.iter().map(|r| r.wrk.p99_ms).collect();
         let mut rps_ratio: Vec<f64> = runs
             .iter()
-            .filter_map(|r| baseline(r.round).map(|b| r.wrk.rps / b.wrk.rps))
+            .filter_map(|r| baseline(r.pair).map(|b| r.wrk.rps / b.wrk.rps))
             .collect();
         let mut p99_ratio: Vec<f64> = runs
             .iter()
-            .filter_map(|r| baseline(r.round).map(|b| r.wrk.p99_ms / b.wrk.p99_ms))
+            .filter_map(|r| baseline(r.pair).map(|b| r.wrk.p99_ms / b.wrk.p99_ms))
             .collect();
         let mut cpu: Vec<f64> = runs
             .iter()
@@ -2556,13 +2579,14 @@ impl Report {
         );
         let _ = writeln!(
             md,
-            "- {} round(s) × {} conditions × 2 workloads × {secs} s, after a {secs} s warm-up per workload; \
-             the order of conditions rotates every round and is reversed every other round, so no \
-             condition always follows the same one. Each tool is started and attached, then 1 s \
-             of quiet, then the load. The lab namespaces cap TIME_WAIT sockets at 4,096 \
+            "- {} round(s) × {} conditions × 2 workloads × {secs} s, after a {secs} s warm-up per workload. \
+             Every condition runs next to a baseline run of its own (baseline first in even rounds, \
+             second in odd ones; the order of the pairs rotates every round): the VM's speed drifts \
+             by 10–30 % within minutes, which a shared baseline a few runs away does not cancel. \
+             Each tool is started and attached, then 1 s of quiet, then the load. The lab namespaces cap TIME_WAIT sockets at 4,096 \
              (`net.ipv4.tcp_max_tw_buckets`): otherwise the ≈ 200,000 a churn run leaves behind for \
-             60 s slow the run after it. Ratios are the median over rounds of (run ÷ the same round's \
-             baseline); req/s and p99 columns are medians of the raw values.",
+             60 s slow the run after it. Ratios are the median over rounds of (run ÷ its paired \
+             baseline run); req/s and p99 columns are medians of the raw values.",
             self.plan.rounds,
             Condition::ALL.len()
         );
@@ -3299,6 +3323,38 @@ fn profile_markdown(profiles: &[Profile]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_condition_runs_next_to_its_own_baseline() {
+        for round in 0..4 {
+            let plan = schedule(round);
+            let others = Condition::ALL.len() - 1;
+            assert_eq!(plan.len(), 2 * others);
+            for two in plan.chunks(2) {
+                assert_eq!(two[0].0, two[1].0, "a pair's runs are adjacent: {plan:?}");
+                let conds = [two[0].1, two[1].1];
+                assert_eq!(
+                    conds.iter().filter(|&&c| c == Condition::Baseline).count(),
+                    1,
+                    "{plan:?}"
+                );
+                let first_is_baseline = two[0].1 == Condition::Baseline;
+                assert_eq!(first_is_baseline, round % 2 == 0);
+            }
+            let mut seen: Vec<Condition> = plan
+                .iter()
+                .map(|p| p.1)
+                .filter(|&c| c != Condition::Baseline)
+                .collect();
+            seen.sort();
+            seen.dedup();
+            assert_eq!(seen.len(), others, "each condition once per round");
+        }
+        // Pair ids never repeat across rounds.
+        let ids: std::collections::BTreeSet<usize> =
+            (0..3).flat_map(schedule).map(|(p, _)| p).collect();
+        assert_eq!(ids.len(), 3 * (Condition::ALL.len() - 1));
+    }
 
     #[test]
     fn parses_wrk_output() {
