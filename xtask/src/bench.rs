@@ -1571,7 +1571,6 @@ fn sum_lost(path: &Path, count: impl Fn(&str) -> Option<u64>) -> u64 {
 /// One interleaved run.
 #[derive(Debug)]
 struct Run {
-    round: usize,
     /// Each condition's run has a baseline run right next to it with the
     /// same `pair`: its ratios are to that run.
     pair: usize,
@@ -1722,7 +1721,7 @@ fn schedule(round: usize) -> Vec<(usize, Condition)> {
         .flat_map(|k| {
             let cond = others[(k + round) % n];
             let pair = round * n + k;
-            if round % 2 == 0 {
+            if round.is_multiple_of(2) {
                 [(pair, Condition::Baseline), (pair, cond)]
             } else {
                 [(pair, cond), (pair, Condition::Baseline)]
@@ -1774,7 +1773,6 @@ fn measure(lab: &mut Lab, tools: &Tools, tracer: &Path, plan: &Plan) -> Result<R
                                 .unwrap_or_default()
                         );
                         results.runs.push(Run {
-                            round,
                             pair,
                             workload,
                             cond,
@@ -3339,7 +3337,7 @@ mod tests {
                     "{plan:?}"
                 );
                 let first_is_baseline = two[0].1 == Condition::Baseline;
-                assert_eq!(first_is_baseline, round % 2 == 0);
+                assert_eq!(first_is_baseline, round.is_multiple_of(2));
             }
             let mut seen: Vec<Condition> = plan
                 .iter()
