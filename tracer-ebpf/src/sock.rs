@@ -308,34 +308,18 @@ pub trait SockAccess {
     /// Reads a `T` at `base + off`: a field of the socket, or of a kernel
     /// object reached from it (its `struct net`). `ABSENT` offsets fail.
     fn read<T: Copy>(base: u64, off: u32) -> Result<T, i64>;
+
     /// The socket's state, if it has one (ignored sockets included).
-    fn get(sk: u64) -> Option<*mut SockState>;
-    /// Gives the socket this state (a birth, or a socket first seen
-    /// mid-life), replacing any earlier one. False when there was no room.
-    fn put(sk: u64, st: &SockState) -> bool;
-    /// The socket is done with (closed normally, or destroyed): later hooks
-    /// must not find it.
-    fn forget(sk: u64);
-}
-
-/// Classic tracepoints: `SOCKS` (a bounded LRU hash map keyed by the
-/// socket's address), fields read with `bpf_probe_read_kernel`.
-pub struct Probed;
-
-impl SockAccess for Probed {
-    #[inline(always)]
-    fn read<T: Copy>(base: u64, off: u32) -> Result<T, i64> {
-        kread(base, off)
-    }
-
     #[inline(always)]
     fn get(sk: u64) -> Option<*mut SockState> {
         SOCKS.get_ptr_mut(sk)
     }
 
+    /// Gives the socket this state (a birth, or a socket first seen
+    /// mid-life), replacing any earlier one. False when there was no room.
+    /// No lookup after the insert: births do not need the entry back.
     #[inline(always)]
     fn put(sk: u64, st: &SockState) -> bool {
-        // No lookup after the insert: births do not need the entry back.
         if SOCKS.insert(sk, st, 0).is_err() {
             count(C_LOST_MAP_FULL);
             return false;
@@ -343,9 +327,21 @@ impl SockAccess for Probed {
         true
     }
 
+    /// The socket is done with (closed normally, or destroyed): later hooks
+    /// must not find it.
     #[inline(always)]
     fn forget(sk: u64) {
         let _ = SOCKS.remove(sk);
+    }
+}
+
+/// Classic tracepoints: fields read with `bpf_probe_read_kernel`.
+pub struct Probed;
+
+impl SockAccess for Probed {
+    #[inline(always)]
+    fn read<T: Copy>(base: u64, off: u32) -> Result<T, i64> {
+        kread(base, off)
     }
 }
 
@@ -368,7 +364,7 @@ pub fn tcp_sock(sk: u64) -> Option<u64> {
     (tp != 0).then_some(tp)
 }
 
-/// BTF tracepoints: the same map, socket fields read by plain loads.
+/// BTF tracepoints: socket fields read by plain loads.
 ///
 /// Socket-local storage (`BPF_MAP_TYPE_SK_STORAGE`) was tried instead of
 /// the map and measured slower under connection churn: creating a socket's
@@ -392,21 +388,6 @@ impl SockAccess for Direct {
         // SAFETY: see above; the verifier rejects any access BTF does not
         // describe, and a faulting load yields zero.
         Ok(unsafe { core::ptr::read_volatile((base + off as u64) as *const T) })
-    }
-
-    #[inline(always)]
-    fn get(sk: u64) -> Option<*mut SockState> {
-        Probed::get(sk)
-    }
-
-    #[inline(always)]
-    fn put(sk: u64, st: &SockState) -> bool {
-        Probed::put(sk, st)
-    }
-
-    #[inline(always)]
-    fn forget(sk: u64) {
-        Probed::forget(sk)
     }
 }
 

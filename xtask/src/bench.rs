@@ -1572,8 +1572,10 @@ fn sum_lost(path: &Path, count: impl Fn(&str) -> Option<u64>) -> u64 {
 #[derive(Debug)]
 struct Run {
     /// Each condition's run has a baseline run right next to it with the
-    /// same `pair`: its ratios are to that run.
+    /// same `pair`.
     pair: usize,
+    /// Position in the order the runs were made.
+    seq: usize,
     workload: Workload,
     cond: Condition,
     wrk: WrkResult,
@@ -1774,6 +1776,7 @@ fn measure(lab: &mut Lab, tools: &Tools, tracer: &Path, plan: &Plan) -> Result<R
                         );
                         results.runs.push(Run {
                             pair,
+                            seq: results.runs.len(),
                             workload,
                             cond,
                             wrk,
@@ -2252,7 +2255,8 @@ struct CapacitySummary {
 struct Summary {
     rps: f64,
     p99_ms: f64,
-    /// Median over rounds of (this run / its paired baseline run).
+    /// Median over rounds of (this run / the mean of the baseline runs just
+    /// before and after it).
     rps_ratio: Option<f64>,
     p99_ratio: Option<f64>,
     tool_cpu_pct: Option<f64>,
@@ -2273,20 +2277,26 @@ impl Results {
         if runs.is_empty() {
             return None;
         }
-        let baseline = |pair: usize| {
+        // The baseline runs just before and just after this one (one is its
+        // own pair's): their mean cancels a drift that runs through both.
+        let neighbours = |r: &Run| -> Vec<&Run> {
             self.runs_of(w, Condition::Baseline)
-                .find(|b| b.pair == pair)
+                .filter(|b| b.seq + 1 == r.seq || r.seq + 1 == b.seq || b.pair == r.pair)
+                .filter(|b| b.seq != r.seq)
+                .collect()
+        };
+        let ratio = |r: &Run, f: fn(&WrkResult) -> f64| -> Option<f64> {
+            if r.cond == Condition::Baseline {
+                return Some(1.0);
+            }
+            let near = neighbours(r);
+            let mean = near.iter().map(|b| f(&b.wrk)).sum::<f64>() / near.len().max(1) as f64;
+            (mean > 0.0).then(|| f(&r.wrk) / mean)
         };
         let mut rps: Vec<f64> = runs.iter().map(|r| r.wrk.rps).collect();
         let mut p99: Vec<f64> = runs.iter().map(|r| r.wrk.p99_ms).collect();
-        let mut rps_ratio: Vec<f64> = runs
-            .iter()
-            .filter_map(|r| baseline(r.pair).map(|b| r.wrk.rps / b.wrk.rps))
-            .collect();
-        let mut p99_ratio: Vec<f64> = runs
-            .iter()
-            .filter_map(|r| baseline(r.pair).map(|b| r.wrk.p99_ms / b.wrk.p99_ms))
-            .collect();
+        let mut rps_ratio: Vec<f64> = runs.iter().filter_map(|r| ratio(r, |w| w.rps)).collect();
+        let mut p99_ratio: Vec<f64> = runs.iter().filter_map(|r| ratio(r, |w| w.p99_ms)).collect();
         let mut cpu: Vec<f64> = runs
             .iter()
             .filter_map(|r| r.tool_cpu_s.map(|s| 100.0 * s / secs as f64))
@@ -2583,8 +2593,9 @@ impl Report {
              by 10–30 % within minutes, which a shared baseline a few runs away does not cancel. \
              Each tool is started and attached, then 1 s of quiet, then the load. The lab namespaces cap TIME_WAIT sockets at 4,096 \
              (`net.ipv4.tcp_max_tw_buckets`): otherwise the ≈ 200,000 a churn run leaves behind for \
-             60 s slow the run after it. Ratios are the median over rounds of (run ÷ its paired \
-             baseline run); req/s and p99 columns are medians of the raw values.",
+             60 s slow the run after it. Ratios are the median over rounds of (run ÷ the mean of \
+             the baseline runs just before and just after it, one of them its own pair's); req/s and \
+             p99 columns are medians of the raw values.",
             self.plan.rounds,
             Condition::ALL.len()
         );
@@ -2600,7 +2611,10 @@ impl Report {
              namespaces.\n"
         );
 
-        let _ = writeln!(md, "## Overhead (ratios to no tracer in the same round)\n");
+        let _ = writeln!(
+            md,
+            "## Overhead (ratios to the no-tracer runs next to each run)\n"
+        );
         let mut rows = Vec::new();
         for w in Workload::ALL {
             for c in Condition::ALL {
