@@ -373,6 +373,18 @@ pub struct Tuple {
 
 const _: () = assert!(size_of::<Tuple>() == 40);
 
+impl Tuple {
+    /// No addresses yet (filled field by field in the kernel).
+    pub const EMPTY: Tuple = Tuple {
+        saddr: [0; 16],
+        daddr: [0; 16],
+        sport: 0,
+        dport: 0,
+        family: 0,
+        _pad: 0,
+    };
+}
+
 /// Common header of every record.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -81,14 +81,11 @@ fn try_error(ctx: &TracePointContext) -> Result<i64, i64> {
         return Ok(0);
     }
     let mut tuple = Tuple {
-        saddr: [0; 16],
-        daddr: [0; 16],
         sport,
         dport,
-        family: 0,
-        _pad: 0,
+        family: tpread(ctx, conf!(er_family)).unwrap_or(0),
+        ..Tuple::EMPTY
     };
-    tuple.family = tpread(ctx, conf!(er_family)).unwrap_or(0);
     if tuple.family == AF_INET6 {
         tuple.saddr = tpread(ctx, conf!(er_saddr_v6)).unwrap_or([0; 16]);
         tuple.daddr = tpread(ctx, conf!(er_daddr_v6)).unwrap_or([0; 16]);

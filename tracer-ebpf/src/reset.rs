@@ -137,14 +137,7 @@ fn on_send_reset<M: SockAccess>(
     }
     // Already reported, destroyed, or a time-wait socket: a separate record,
     // joined in userspace by socket address and then by addresses.
-    let mut tuple = Tuple {
-        saddr: [0; 16],
-        daddr: [0; 16],
-        sport: 0,
-        dport: 0,
-        family: 0,
-        _pad: 0,
-    };
+    let mut tuple = Tuple::EMPTY;
     addresses(&mut tuple);
     let netns = netns_of::<M>(sk);
     if !passes(netns, tuple.sport, tuple.dport) {

@@ -180,12 +180,10 @@ pub fn current_comm() -> [u8; COMM_LEN] {
 #[inline(always)]
 pub fn tuple_of<M: SockAccess>(sk: u64) -> Tuple {
     let mut t = Tuple {
-        saddr: [0; 16],
-        daddr: [0; 16],
         sport: local_port::<M>(sk),
         dport: u16::from_be(M::read::<u16>(sk, conf!(sk_dport)).unwrap_or(0)),
         family: M::read::<u16>(sk, conf!(sk_family)).unwrap_or(0),
-        _pad: 0,
+        ..Tuple::EMPTY
     };
     if t.family == AF_INET6 {
         t.saddr = M::read(sk, conf!(sk_v6_rcv_saddr)).unwrap_or([0; 16]);

@@ -340,14 +340,7 @@ pub fn emit_conn_tuple<M: SockAccess>(
     // every field is written before submit.
     unsafe {
         (*rec).hdr = header(kind, sk, now);
-        (*rec).tuple = Tuple {
-            saddr: [0; 16],
-            daddr: [0; 16],
-            sport: 0,
-            dport: 0,
-            family: 0,
-            _pad: 0,
-        };
+        (*rec).tuple = Tuple::EMPTY;
         fill(&mut (*rec).tuple);
         (*rec).state = *s;
         if task_ctx {
