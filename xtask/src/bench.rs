@@ -1267,7 +1267,6 @@ struct ToolEnd {
 }
 
 fn start_tool(lab: &Lab, tools: &Tools, tracer: &Path, cond: Condition) -> Result<Tool> {
-    let file = |name: &str| lab.dir.join(name);
     let mut tool = Tool {
         cond,
         proc: None,
@@ -1277,7 +1276,6 @@ fn start_tool(lab: &Lab, tools: &Tools, tracer: &Path, cond: Condition) -> Resul
         stderr: None,
         extra: None,
     };
-    let open = |p: &Path| fs::File::create(p).with_context(|| format!("create {}", p.display()));
     match cond {
         Condition::Baseline => {}
         Condition::Tracer => {
@@ -1286,63 +1284,32 @@ fn start_tool(lab: &Lab, tools: &Tools, tracer: &Path, cond: Condition) -> Resul
         }
         Condition::TracerAll => {
             // Every connection end is a line: to a file, like the peers.
-            let out = file("tracer-all.out");
-            let err = file("tracer-all.err");
             let mut c = Command::new(tracer);
-            c.arg("--all")
-                .stdin(Stdio::null())
-                .stdout(open(&out)?)
-                .stderr(open(&err)?);
-            let mut proc = Proc::spawn("tracer --all", &mut c)?;
-            wait_until("tracer --all", &mut proc, READY_TIMEOUT, || {
-                head_contains(&out, "\"event\":\"start\"")
-            })
-            .with_context(|| tail_of(&err))?;
-            tool.proc = Some(proc);
-            tool.stdout = Some(out);
-            tool.stderr = Some(err);
+            c.arg("--all");
+            spawn_to_files(&mut tool, lab, "tracer --all", &mut c, |out, _, _| {
+                head_contains(out, "\"event\":\"start\"")
+            })?;
         }
         Condition::Bpftrace => {
-            let script = file("tcp_events.bt");
+            let script = lab.dir.join("tcp_events.bt");
             fs::write(&script, BPFTRACE_SCRIPT)?;
-            let out = file("bpftrace.out");
-            let err = file("bpftrace.err");
             let mut c = Command::new(&tools.bpftrace);
-            c.arg(&script)
-                .stdin(Stdio::null())
-                .stdout(open(&out)?)
-                .stderr(open(&err)?);
-            let mut proc = Proc::spawn("bpftrace", &mut c)?;
+            c.arg(&script);
             // The script's BEGIN prints "ready" once every probe is attached.
-            wait_until("bpftrace", &mut proc, READY_TIMEOUT, || {
-                head_contains(&out, "ready")
-            })
-            .with_context(|| tail_of(&err))?;
-            tool.proc = Some(proc);
-            tool.stdout = Some(out);
-            tool.stderr = Some(err);
+            spawn_to_files(&mut tool, lab, "bpftrace", &mut c, |out, _, _| {
+                head_contains(out, "ready")
+            })?;
         }
         Condition::Tcplife => {
-            let out = file("tcplife.out");
-            let err = file("tcplife.err");
-            let mut c = Command::new(&tools.tcplife);
-            c.stdin(Stdio::null())
-                .stdout(open(&out)?)
-                .stderr(open(&err)?);
-            let mut proc = Proc::spawn("tcplife", &mut c)?;
             // Its stdout is block-buffered into the file, so the header
             // shows late: attached is when it holds a bpf_link.
-            let pid = proc.pid();
-            wait_until("tcplife", &mut proc, READY_TIMEOUT, || has_bpf_link(pid))
-                .with_context(|| tail_of(&err))?;
-            tool.proc = Some(proc);
-            tool.stdout = Some(out);
-            tool.stderr = Some(err);
+            let mut c = Command::new(&tools.tcplife);
+            spawn_to_files(&mut tool, lab, "tcplife", &mut c, |_, _, pid| {
+                has_bpf_link(pid)
+            })?;
         }
         Condition::Tshark => {
-            let capture = file("backend.pcapng");
-            let out = file("tshark.out");
-            let err = file("tshark.err");
+            let capture = lab.dir.join("backend.pcapng");
             let mut c = in_netns(NS_BACKEND, &tools.tshark);
             c.args([
                 "-i",
@@ -1351,22 +1318,40 @@ fn start_tool(lab: &Lab, tools: &Tools, tracer: &Path, cond: Condition) -> Resul
                 &format!("tcp port {BACKEND_PORT}"),
             ])
             .arg("-w")
-            .arg(&capture)
-            .stdin(Stdio::null())
-            .stdout(open(&out)?)
-            .stderr(open(&err)?);
-            let mut proc = Proc::spawn("tshark", &mut c)?;
-            wait_until("tshark", &mut proc, READY_TIMEOUT, || {
-                head_contains(&err, "Capture started")
-            })
-            .with_context(|| tail_of(&err))?;
-            tool.proc = Some(proc);
-            tool.stdout = Some(out);
-            tool.stderr = Some(err);
+            .arg(&capture);
+            spawn_to_files(&mut tool, lab, "tshark", &mut c, |_, err, _| {
+                head_contains(err, "Capture started")
+            })?;
             tool.extra = Some(capture);
         }
     }
     Ok(tool)
+}
+
+/// Starts a peer (or `tracer --all`) with its stdout and stderr in files of
+/// the lab named after it, and waits until `ready(stdout, stderr, pid)`.
+fn spawn_to_files(
+    tool: &mut Tool,
+    lab: &Lab,
+    name: &str,
+    c: &mut Command,
+    ready: impl Fn(&Path, &Path, i32) -> bool,
+) -> Result<()> {
+    let stem = name.replace(' ', "").replace("--", "-");
+    let out = lab.dir.join(format!("{stem}.out"));
+    let err = lab.dir.join(format!("{stem}.err"));
+    let open = |p: &Path| fs::File::create(p).with_context(|| format!("create {}", p.display()));
+    c.stdin(Stdio::null())
+        .stdout(open(&out)?)
+        .stderr(open(&err)?);
+    let mut proc = Proc::spawn(name, c)?;
+    let pid = proc.pid();
+    wait_until(name, &mut proc, READY_TIMEOUT, || ready(&out, &err, pid))
+        .with_context(|| tail_of(&err))?;
+    tool.proc = Some(proc);
+    tool.stdout = Some(out);
+    tool.stderr = Some(err);
+    Ok(())
 }
 
 /// Starts the tracer with its stdout read live by a thread (each line's
