@@ -11,7 +11,10 @@ use core::mem::size_of;
 
 /// Name of the ring buffer map.
 pub const MAP_EVENTS: &str = "EVENTS";
-/// Name of the per-socket LRU map.
+/// Name of the per-socket table (hot path: a set-associative array).
+pub const MAP_SOCK_TABLE: &str = "SOCK_TABLE";
+/// Name of the per-socket LRU map that takes the sockets the table has no
+/// room for.
 pub const MAP_SOCKS: &str = "SOCKS";
 /// Name of the per-CPU counters map.
 pub const MAP_COUNTERS: &str = "COUNTERS";
@@ -26,6 +29,9 @@ pub const GLOBAL_CONFIG: &str = "CONFIG";
 
 /// Default number of sockets the kernel tracks at once (LRU beyond that).
 pub const DEFAULT_MAX_SOCKS: u32 = 131_072;
+/// Slots per set of `SOCK_TABLE`: a socket lives in one of the four slots
+/// its address hashes to.
+pub const SOCK_WAYS: u32 = 4;
 /// Ring buffer size in bytes (power of two, multiple of the page size).
 /// Steady loads need little (one record per abnormal close, drained every
 /// 10 ms); the size is for bursts: a listener aborting its queue or a mass
@@ -135,7 +141,13 @@ pub const C_LOST_MAP_FULL: u32 = 7;
 pub const C_FILTERED: u32 = 8;
 pub const C_SNIFFED: u32 = 9;
 pub const C_READ_FAILED: u32 = 10;
-pub const N_COUNTERS: u32 = 12;
+/// Sockets given a slot in `SOCK_TABLE`, and slots given back: the
+/// difference is the number tracked there.
+pub const C_TABLE_IN: u32 = 11;
+pub const C_TABLE_OUT: u32 = 12;
+/// Sockets that found their set full and went to the `SOCKS` LRU map.
+pub const C_OVERFLOW_IN: u32 = 13;
+pub const N_COUNTERS: u32 = 14;
 
 /// Load-time configuration: tracepoint field offsets (from tracefs `format`
 /// files) and kernel struct member offsets (from BTF), plus switches.
@@ -156,6 +168,8 @@ pub struct Config {
     pub sniff_http: u32,
     /// Kernel HZ, to turn jiffies into time.
     pub hz: u32,
+    /// Sets in `SOCK_TABLE` minus one (the set count is a power of two).
+    pub sock_set_mask: u32,
 
     // sock:inet_sock_set_state
     pub ss_skaddr: u32,
@@ -252,6 +266,7 @@ impl Config {
             self_tgid: 0,
             sniff_http: 0,
             hz: 250,
+            sock_set_mask: 0,
             ss_skaddr: ABSENT,
             ss_oldstate: ABSENT,
             ss_newstate: ABSENT,
@@ -313,10 +328,11 @@ impl Config {
     }
 }
 
-const _: () = assert!(size_of::<Config>() == 63 * 4);
+const _: () = assert!(size_of::<Config>() == 64 * 4);
 
-/// Per-socket state the kernel keeps in the `SOCKS` LRU map, keyed by the
-/// socket's kernel address.
+/// Per-socket state the kernel keeps for each socket (in `SOCK_TABLE`, or
+/// in the `SOCKS` LRU map when its set is full), keyed by the socket's
+/// kernel address.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SockState {
@@ -355,6 +371,17 @@ pub struct SockState {
 }
 
 const _: () = assert!(size_of::<SockState>() == 6 * 8 + 9 * 4 + 4 + COMM_LEN);
+
+/// One slot of `SOCK_TABLE`: the socket's kernel address (0: free) and its
+/// state.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SockSlot {
+    pub sk: u64,
+    pub st: SockState,
+}
+
+const _: () = assert!(size_of::<SockSlot>() == 8 + size_of::<SockState>());
 
 /// Address block shared by all records. Addresses are in network byte order
 /// as the kernel stores them; IPv4 in the first 4 bytes.
@@ -468,6 +495,36 @@ pub struct HttpRecord {
 }
 
 const _: () = assert!(size_of::<HttpRecord>() == 32 + 40 + 16 + COMM_LEN);
+
+/// Entries of the `SNIFF_GATE` array, indexed by tgid modulo its size.
+pub const SNIFF_GATE_ENTRIES: u32 = 16_384;
+/// After an upstream failure of a process, its responses are checked for a
+/// 5xx status line for this long: the proxy's 5xx follows the failure
+/// within its retry logic.
+pub const SNIFF_AFTER_FAILURE_NS: u64 = 10_000_000_000;
+/// After a process wrote a 5xx (with or without a failure: no live
+/// upstreams), for this long.
+pub const SNIFF_AFTER_5XX_NS: u64 = 60_000_000_000;
+/// Otherwise one response per process in this interval: a 5xx written with
+/// no upstream failure at all (servers marked `down`, no endpoints) opens
+/// the window at the first one sampled.
+pub const SNIFF_SAMPLE_NS: u64 = 20_000_000;
+
+/// When a process's responses are read (`SNIFF_GATE`). Two processes that
+/// share an entry take it over from each other; a takeover always reads the
+/// response, so sharing costs reads, never misses a 5xx.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SniffGate {
+    pub tgid: u32,
+    pub _pad: u32,
+    /// Every response until then.
+    pub open_until_ns: u64,
+    /// The last sampled response.
+    pub last_sample_ns: u64,
+}
+
+const _: () = assert!(size_of::<SniffGate>() == 24);
 
 /// Owner of a listening socket, keyed by [`ListenKey`].
 #[repr(C)]

@@ -1,24 +1,28 @@
 //! Kernel half of the tracer: tracepoint programs that keep per-socket state
-//! in a bounded LRU map and emit one compact record per socket that ends
+//! in a bounded table and emit one compact record per socket that ends
 //! abnormally (or per socket, with `--all`) to a single ring buffer.
 //!
 //! Field offsets are never hard-coded: userspace parses tracefs `format`
 //! files and BTF at start-up and hands them over in [`CONFIG`].
 #![no_std]
 #![no_main]
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 mod lifecycle;
 mod reset;
 mod send;
 mod sock;
 mod state;
+mod table;
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use tracer_common::{
-    Config, ListenKey, ListenOwner, SockState, DEFAULT_MAX_SOCKS, N_COUNTERS, RING_BYTES,
+    Config, ListenKey, ListenOwner, SniffGate, SockSlot, SockState, DEFAULT_MAX_SOCKS, N_COUNTERS,
+    RING_BYTES, SNIFF_GATE_ENTRIES,
 };
 
 /// Load-time configuration, overridden by the loader (`EbpfLoader::override_global`).
@@ -28,9 +32,29 @@ static CONFIG: Config = Config::empty();
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
 
-/// Per-socket state, keyed by the socket's address.
+/// Per-socket state, in the slots of the set the socket's address hashes
+/// to (`table.rs`). Sized by the loader (`--max-conns`).
 #[map]
-static SOCKS: LruHashMap<u64, SockState> = LruHashMap::with_max_entries(DEFAULT_MAX_SOCKS, 0);
+static SOCK_TABLE: Array<SockSlot> = Array::with_max_entries(DEFAULT_MAX_SOCKS, 0);
+
+/// Per-socket state of the sockets whose set in `SOCK_TABLE` was full,
+/// keyed by the socket's address. Sized by the loader.
+#[map]
+static SOCKS: LruHashMap<u64, SockState> = LruHashMap::with_max_entries(DEFAULT_MAX_SOCKS / 4, 0);
+
+/// A fixed kernel address socket addresses are measured from (`sock.rs`,
+/// `SockAccess::addr`).
+#[map]
+static ANCHOR: Array<u64> = Array::with_max_entries(1, 0);
+
+/// Set to 1 once `SOCKS` has been used (`table.rs`).
+#[map]
+static OVERFLOWED: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Per process (by tgid modulo the size): when its responses are read for a
+/// 5xx status line (`send.rs`).
+#[map]
+static SNIFF_GATE: Array<SniffGate> = Array::with_max_entries(SNIFF_GATE_ENTRIES, 0);
 
 #[map]
 static LISTENERS: LruHashMap<ListenKey, ListenOwner> = LruHashMap::with_max_entries(4096, 0);

@@ -1,8 +1,10 @@
 //! BTF tracepoint `tcp_sendmsg_locked(sk, msg, skb, size_goal)`
 //! (include/trace/events/tcp.h, 6.11+): fires only for TCP sends, in the
-//! sending task. One map lookup decides; tracked sockets learn their owner,
-//! count request/response "messages", and the first bytes of a response are
-//! checked for an HTTP/1.x 5xx status line. Payload is never copied out.
+//! sending task. One table lookup decides; tracked sockets learn their
+//! owner, count request/response "messages", and the first bytes of a
+//! response are checked for an HTTP/1.x 5xx status line when the sending
+//! process may have one to report ([`sniff_now`]). Payload is never copied
+//! out.
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user_buf},
@@ -18,7 +20,7 @@ use crate::{
         tuple_of, Clock, Direct, SockAccess,
     },
     state::submit_flags,
-    EVENTS,
+    EVENTS, SNIFF_GATE,
 };
 
 #[btf_tracepoint(function = "tcp_sendmsg_locked")]
@@ -85,23 +87,82 @@ fn try_send<M: SockAccess>(ctx: &BtfTracePointContext, sk: u64) -> Result<i64, i
     s.msg_start_ns = now;
     s.last_send_ns = now;
     s.rcvd_at_msg = rcvd;
-    if !client && conf!(sniff_http) != 0 {
-        sniff::<M>(sk, ctx.arg(1), s, now, id);
+    if !client && conf!(sniff_http) != 0 && sniff_now(tgid, now) && sniff::<M>(sk, ctx.arg(1), s, now, id)
+    {
+        open_sniff_window(tgid, now, SNIFF_AFTER_5XX_NS);
     }
     Ok(0)
 }
 
-/// Reads the first bytes of the message and emits a record when they are an
-/// HTTP/1.x 5xx status line.
+/// Whether to read this response of process `tgid`: reading user memory
+/// costs more than everything else this hook does, and a 5xx matters only
+/// from a proxy that has something to report. So: every response while the
+/// process's window is open (an upstream failure of its own, or a 5xx it
+/// wrote, not long ago), else one per [`SNIFF_SAMPLE_NS`].
 #[inline(always)]
-fn sniff<M: SockAccess>(sk: u64, msg: u64, s: &SockState, now: u64, id: u64) {
-    let iter = msg + conf!(msg_iter) as u64;
-    let Ok(ty) = kread::<u8>(iter, conf!(iter_type)) else {
+fn sniff_now(tgid: u32, now: u64) -> bool {
+    let Some(g) = SNIFF_GATE.get_ptr_mut(tgid % SNIFF_GATE_ENTRIES) else {
+        return true;
+    };
+    // SAFETY: array map value, valid for this program run; a race with
+    // another CPU costs at most one read more or less of a sample.
+    unsafe {
+        if (*g).tgid != tgid {
+            *g = SniffGate {
+                tgid,
+                _pad: 0,
+                open_until_ns: 0,
+                last_sample_ns: now,
+            };
+            return true;
+        }
+        if now < (*g).open_until_ns {
+            return true;
+        }
+        if now.wrapping_sub((*g).last_sample_ns) >= SNIFF_SAMPLE_NS {
+            (*g).last_sample_ns = now;
+            return true;
+        }
+    }
+    false
+}
+
+/// Reads every response of process `tgid` for the next `ns`.
+#[inline(always)]
+pub fn open_sniff_window(tgid: u32, now: u64, ns: u64) {
+    if tgid == 0 {
+        return;
+    }
+    let Some(g) = SNIFF_GATE.get_ptr_mut(tgid % SNIFF_GATE_ENTRIES) else {
         return;
     };
-    let off: u64 = kread(iter, conf!(iter_iov_offset)).unwrap_or(0);
-    let Ok(ptr) = kread::<u64>(iter, conf!(iter_ptr)) else {
-        return;
+    let until = now + ns;
+    // SAFETY: array map value, valid for this program run.
+    unsafe {
+        if (*g).tgid != tgid {
+            *g = SniffGate {
+                tgid,
+                _pad: 0,
+                open_until_ns: until,
+                last_sample_ns: now,
+            };
+        } else if (*g).open_until_ns < until {
+            (*g).open_until_ns = until;
+        }
+    }
+}
+
+/// Reads the first bytes of the message and emits a record when they are an
+/// HTTP/1.x 5xx status line (then true).
+#[inline(always)]
+fn sniff<M: SockAccess>(sk: u64, msg: u64, s: &SockState, now: u64, id: u64) -> bool {
+    let iter = msg + conf!(msg_iter) as u64;
+    let Ok(ty) = M::read::<u8>(iter, conf!(iter_type)) else {
+        return false;
+    };
+    let off: u64 = M::read(iter, conf!(iter_iov_offset)).unwrap_or(0);
+    let Ok(ptr) = M::read::<u64>(iter, conf!(iter_ptr)) else {
+        return false;
     };
     let base = if ty as u32 == conf!(iter_ubuf_value) {
         ptr
@@ -109,24 +170,24 @@ fn sniff<M: SockAccess>(sk: u64, msg: u64, s: &SockState, now: u64, id: u64) {
         // First `struct iovec { void __user *iov_base; size_t iov_len; }`.
         match kread::<u64>(ptr, 0) {
             Ok(b) => b,
-            Err(_) => return,
+            Err(_) => return false,
         }
     } else {
-        return;
+        return false;
     };
     let mut buf = [0u8; SNIFF_LEN];
     // SAFETY: bpf_probe_read_user validates the user address.
     if unsafe { bpf_probe_read_user_buf((base + off) as *const u8, &mut buf) }.is_err() {
         count(C_READ_FAILED);
-        return;
+        return false;
     }
     count(C_SNIFFED);
     let Some(status) = status_5xx(&buf) else {
-        return;
+        return false;
     };
     let Some(mut entry) = EVENTS.reserve::<HttpRecord>(0) else {
         count(C_LOST_RINGBUF);
-        return;
+        return true;
     };
     let mut hdr = header(KIND_HTTP5XX, sk, now);
     hdr.tid = id as u32;
@@ -144,6 +205,7 @@ fn sniff<M: SockAccess>(sk: u64, msg: u64, s: &SockState, now: u64, id: u64) {
     });
     entry.submit(submit_flags());
     count(C_EMITTED);
+    true
 }
 
 /// `HTTP/1.x 5dd ` → 5dd. The reason phrase is not checked.

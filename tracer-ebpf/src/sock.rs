@@ -10,11 +10,11 @@ use aya_ebpf::{
     EbpfContext as _,
 };
 use tracer_common::{
-    Header, SockState, Tuple, ABSENT, AF_INET6, COMM_LEN, C_FILTERED, C_LOST_MAP_FULL, F_MIDLIFE,
+    Header, SockState, Tuple, ABSENT, AF_INET6, COMM_LEN, C_FILTERED, F_MIDLIFE,
     F_REPORTED, TCP_NEW_SYN_RECV, TCP_TIME_WAIT,
 };
 
-use crate::{conf, COUNTERS, NETNS, PORTS, SOCKS};
+use crate::{conf, table, ANCHOR, COUNTERS, NETNS, PORTS};
 
 /// Adds one to a per-CPU counter.
 #[inline(always)]
@@ -299,37 +299,57 @@ pub fn fresh_state(now: u64, netns: u32, flags: u32) -> SockState {
     }
 }
 
-/// How a program reaches a socket: its memory, and its state in `SOCKS`.
+/// The address of the `ANCHOR` map value as a number: the pointer stored in
+/// the value itself and loaded back (the verifier does not follow pointers
+/// through map memory). Every program stores the same address, so runs on
+/// other CPUs cannot disturb it.
+#[inline(always)]
+fn anchor() -> u64 {
+    let Some(cell) = ANCHOR.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: array map value of 8 bytes.
+    unsafe {
+        core::ptr::write_volatile(cell, cell as u64);
+        core::ptr::read_volatile(cell)
+    }
+}
+
+/// How a program reaches a socket: its memory, and its state (`table`).
 /// Two kinds of program, the same logic: classic tracepoints ([`Probed`]) and
 /// BTF tracepoints ([`Direct`]); the loader attaches one set.
-pub trait SockAccess {
+pub trait SockAccess: Sized {
     /// Reads a `T` at `base + off`: a field of the socket, or of a kernel
     /// object reached from it (its `struct net`). `ABSENT` offsets fail.
     fn read<T: Copy>(base: u64, off: u32) -> Result<T, i64>;
 
+    /// The socket's address as a plain number, to hash: its distance from
+    /// the `ANCHOR` map value, so that every kind of program finds a socket
+    /// in the same place. `sk` is a number already here.
+    #[inline(always)]
+    fn addr(sk: u64) -> u64 {
+        sk.wrapping_sub(anchor())
+    }
+
     /// The socket's state, if it has one (ignored sockets included).
     #[inline(always)]
     fn get(sk: u64) -> Option<*mut SockState> {
-        SOCKS.get_ptr_mut(sk)
+        table::get::<Self>(sk)
     }
 
     /// Gives the socket this state (a birth, or a socket first seen
-    /// mid-life), replacing any earlier one. False when there was no room.
-    /// No lookup after the insert: births do not need the entry back.
+    /// mid-life), replacing any earlier one; where it lives now, or `None`
+    /// when there was no room.
     #[inline(always)]
-    fn put(sk: u64, st: &SockState) -> bool {
-        if SOCKS.insert(sk, st, 0).is_err() {
-            count(C_LOST_MAP_FULL);
-            return false;
-        }
-        true
+    fn put(sk: u64, st: &SockState) -> Option<*mut SockState> {
+        table::put::<Self>(sk, st)
     }
 
     /// The socket is done with (closed normally, or destroyed): later hooks
     /// must not find it.
     #[inline(always)]
     fn forget(sk: u64) {
-        let _ = SOCKS.remove(sk);
+        table::forget::<Self>(sk)
     }
 }
 
@@ -387,6 +407,18 @@ impl SockAccess for Direct {
         // describe, and a faulting load yields zero.
         Ok(unsafe { core::ptr::read_volatile((base + off as u64) as *const T) })
     }
+
+    /// The verifier allows no arithmetic on a BTF pointer but adding to it,
+    /// and no partial copy of one; but one pointer minus another is a plain
+    /// number to programs loaded with CAP_PERFMON (which the tracer needs
+    /// anyway). So: the socket's distance from a fixed kernel address.
+    #[inline(always)]
+    fn addr(sk: u64) -> u64 {
+        match ANCHOR.get_ptr(0) {
+            Some(anchor) => sk.wrapping_sub(anchor as u64),
+            None => 0,
+        }
+    }
 }
 
 /// Sockets that cannot have state (time-wait and request sockets): every
@@ -405,8 +437,8 @@ impl SockAccess for NoState {
     }
 
     #[inline(always)]
-    fn put(_sk: u64, _st: &SockState) -> bool {
-        false
+    fn put(_sk: u64, _st: &SockState) -> Option<*mut SockState> {
+        None
     }
 
     #[inline(always)]
@@ -438,10 +470,7 @@ pub fn lookup_or_midlife<M: SockAccess>(
         let _ = M::put(sk, &fresh_state(0, netns, F_IGNORED));
         return None;
     }
-    if !M::put(sk, &fresh_state(clock.now(), netns, F_MIDLIFE)) {
-        return None;
-    }
-    M::get(sk)
+    M::put(sk, &fresh_state(clock.now(), netns, F_MIDLIFE))
 }
 
 /// True once a `KIND_CLOSE` was emitted for this socket.

@@ -10,6 +10,7 @@ use tracer_common::*;
 
 use crate::{
     conf,
+    send::open_sniff_window,
     sock::{
         count, current_comm, fresh_state, header, idle_ms, kread, lookup_or_midlife, netns_of,
         now_ns, passes, ports_of, tcp_sock, tuple_of, Clock, Direct, Probed, Rec, SockAccess,
@@ -358,6 +359,10 @@ pub fn emit_conn_tuple<M: SockAccess>(
     }
     entry.submit(submit_flags());
     count(C_EMITTED);
+    if kind == KIND_OBSERVE || s.flags & F_ABNORMAL != 0 || sk_err != 0 {
+        // Its owner may answer a client with a 5xx next.
+        open_sniff_window(s.owner_tgid, now, SNIFF_AFTER_FAILURE_NS);
+    }
 }
 
 /// `bpf_ringbuf_submit` flag: userspace drains on a timer, so no wake-up

@@ -416,6 +416,12 @@ fn write_stats(
             "malformed_records": stats.decode_errors,
             "user_memory_unreadable": c(C_READ_FAILED),
         },
+        // Sockets with state in the kernel now: in the table, and how many
+        // ever went to the LRU map beside it (their set was full).
+        "tracked": {
+            "table": c(C_TABLE_IN).saturating_sub(c(C_TABLE_OUT)),
+            "overflowed": c(C_OVERFLOW_IN),
+        },
         "unmatched_records": e.unmatched,
         "backlog": engine.backlog(),
         "rss_kib": rss_kib(),

@@ -11,7 +11,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use tracer_common::{
-    Config, GLOBAL_CONFIG, MAP_COUNTERS, MAP_EVENTS, MAP_NETNS, MAP_PORTS, MAP_SOCKS, N_COUNTERS,
+    Config, GLOBAL_CONFIG, MAP_COUNTERS, MAP_EVENTS, MAP_NETNS, MAP_PORTS, MAP_SOCKS, MAP_SOCK_TABLE,
+    N_COUNTERS, SOCK_WAYS,
 };
 
 use crate::{
@@ -151,6 +152,25 @@ const STATELESS_HOOKS: &[(&str, &str, &str)] =
     &[("inet_sk_error_report", "sock", "inet_sk_error_report")];
 
 /// Loads, configures and attaches everything this kernel supports.
+/// Sizes of the kernel's per-socket maps for `--max-conns N`: a table of at
+/// least N slots in a power-of-two number of sets, and an LRU map of N/4
+/// (at least 1,024) for the sockets whose set is full. With N sockets
+/// spread over N slots in sets of four, about 10 % find their set full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SockTableSizes {
+    pub sets: u32,
+    pub overflow: u32,
+}
+
+impl SockTableSizes {
+    pub fn for_max_conns(max_conns: u32) -> Self {
+        Self {
+            sets: max_conns.div_ceil(SOCK_WAYS).next_power_of_two(),
+            overflow: (max_conns / 4).max(1024),
+        }
+    }
+}
+
 pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
     let started = Instant::now();
     if OBJECT.is_empty() {
@@ -177,6 +197,8 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         }
     };
     config.sniff_http = !disabled.iter().any(|(f, _)| f == "http_status_sniffing") as u32;
+    let sizes = SockTableSizes::for_max_conns(opts.max_conns);
+    config.sock_set_mask = sizes.sets - 1;
     let rst_names = rst_names(&btf);
     log::debug!(
         "load-time config: {config:?}; {} RST reason names",
@@ -187,7 +209,8 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
     let mut ebpf = EbpfLoader::new()
         .btf(aya_btf.as_ref())
         .override_global(GLOBAL_CONFIG, &config, true)
-        .map_max_entries(MAP_SOCKS, opts.max_conns)
+        .map_max_entries(MAP_SOCK_TABLE, sizes.sets * SOCK_WAYS)
+        .map_max_entries(MAP_SOCKS, sizes.overflow)
         .load(OBJECT)?;
     fill_filters(&mut ebpf, opts)?;
     let available = |event: &str, hooks: &[HookStatus]| {
@@ -483,4 +506,27 @@ pub fn netns_inode(path: &Path) -> std::io::Result<u32> {
     use std::os::unix::fs::MetadataExt;
     let md = std::fs::metadata(path)?;
     Ok(md.ino() as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn socket_table_holds_at_least_max_conns() {
+        for n in [1024, 100_000, 131_072, 262_144, 4_194_304] {
+            let s = SockTableSizes::for_max_conns(n);
+            assert!(s.sets.is_power_of_two(), "{n}: {s:?}");
+            assert!(s.sets * SOCK_WAYS >= n, "{n}: {s:?}");
+            assert!(s.sets * SOCK_WAYS < 2 * n, "{n}: {s:?}");
+        }
+        assert_eq!(
+            SockTableSizes::for_max_conns(131_072),
+            SockTableSizes {
+                sets: 32_768,
+                overflow: 32_768
+            }
+        );
+        assert_eq!(SockTableSizes::for_max_conns(1024).overflow, 1024);
+    }
 }

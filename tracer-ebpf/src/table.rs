@@ -1,0 +1,147 @@
+//! Per-socket state: a set-associative table in an array map, with the
+//! `SOCKS` LRU hash map for the sockets whose set is full.
+//!
+//! Under connection churn every socket is born, looked up a few times and
+//! forgotten within milliseconds, so the map's insert and delete are on the
+//! hot path. In the LRU hash map an insert pops a free element, updates the
+//! LRU lists and takes a bucket lock, and a delete does the reverse; in an
+//! array map a lookup is inlined by the verifier into an address
+//! computation, and claiming a free slot is one compare-and-swap.
+//! docs/BENCHMARKS.md has the figures.
+//!
+//! A socket lives in one of the [`SOCK_WAYS`] slots of the set its address
+//! hashes to. A full set sends the socket to the LRU map, which keeps the
+//! old behaviour at capacity: the least recently used socket is evicted
+//! there, nothing is refused. The LRU map is consulted only once it has been
+//! used ([`overflowed`]), so until then a miss costs four loads.
+
+use core::intrinsics::{atomic_cxchg, AtomicOrdering};
+
+use tracer_common::{
+    SockSlot, SockState, C_LOST_MAP_FULL, C_OVERFLOW_IN, C_TABLE_IN, C_TABLE_OUT, SOCK_WAYS,
+};
+
+use crate::{
+    conf,
+    sock::{count, SockAccess},
+    OVERFLOWED, SOCKS, SOCK_TABLE,
+};
+
+/// First slot of the set of the socket at address `addr` (a number, see
+/// [`SockAccess::addr`]). Socket addresses are slab objects a few KiB apart,
+/// so their low bits say little: Fibonacci hashing mixes them.
+#[inline(always)]
+fn set_base(addr: u64) -> u32 {
+    let h = (addr.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) as u32;
+    (h & conf!(sock_set_mask)) * SOCK_WAYS
+}
+
+/// Whether a socket was ever sent to the LRU map (never reset: stale
+/// entries are possible until they are forgotten or evicted).
+#[inline(always)]
+fn overflowed() -> bool {
+    OVERFLOWED
+        .get(0)
+        .is_some_and(|v| unsafe { core::ptr::read_volatile(v) } != 0)
+}
+
+/// The socket's slot in the table, if it has one.
+#[inline(always)]
+fn slot_of<M: SockAccess>(sk: u64) -> Option<*mut SockSlot> {
+    let base = set_base(M::addr(sk));
+    for way in 0..SOCK_WAYS {
+        let slot = SOCK_TABLE.get_ptr_mut(base + way)?;
+        // SAFETY: array map value, valid for this program run.
+        if unsafe { (*slot).sk } == sk {
+            return Some(slot);
+        }
+    }
+    None
+}
+
+/// The socket's state, if it has one.
+#[inline(always)]
+pub fn get<M: SockAccess>(sk: u64) -> Option<*mut SockState> {
+    if let Some(slot) = slot_of::<M>(sk) {
+        // SAFETY: array map value.
+        return Some(unsafe { &raw mut (*slot).st });
+    }
+    if overflowed() {
+        return SOCKS.get_ptr_mut(sk);
+    }
+    None
+}
+
+/// Gives the socket this state, replacing any earlier one; returns where it
+/// lives now (`None`: no room anywhere, counted).
+#[inline(always)]
+pub fn put<M: SockAccess>(sk: u64, st: &SockState) -> Option<*mut SockState> {
+    let base = set_base(M::addr(sk));
+    let mut free = u32::MAX;
+    for way in 0..SOCK_WAYS {
+        let slot = SOCK_TABLE.get_ptr_mut(base + way)?;
+        // SAFETY: array map value, valid for this program run.
+        unsafe {
+            let owner = (*slot).sk;
+            if owner == sk {
+                (*slot).st = *st;
+                return Some(&raw mut (*slot).st);
+            }
+            if owner == 0 && free == u32::MAX {
+                free = base + way;
+            }
+        }
+    }
+    if let Some(slot) = SOCK_TABLE.get_ptr_mut(free) {
+        // Another CPU may be claiming the same free slot for another socket
+        // of this set: only one compare-and-swap wins.
+        // SAFETY: array map value, 8-byte aligned (`SockSlot` starts with it).
+        let claimed = unsafe { claim(&raw mut (*slot).sk, sk) };
+        if claimed {
+            count(C_TABLE_IN);
+            // SAFETY: the slot is this socket's now.
+            unsafe {
+                (*slot).st = *st;
+                return Some(&raw mut (*slot).st);
+            }
+        }
+    }
+    if SOCKS.insert(sk, st, 0).is_err() {
+        count(C_LOST_MAP_FULL);
+        return None;
+    }
+    count(C_OVERFLOW_IN);
+    if let Some(flag) = OVERFLOWED.get_ptr_mut(0) {
+        // SAFETY: array map value; every writer stores the same 1.
+        unsafe { core::ptr::write_volatile(flag, 1) };
+    }
+    SOCKS.get_ptr_mut(sk)
+}
+
+/// Sets `*owner` from 0 to `sk` in one compare-and-swap (BPF_CMPXCHG, kernel
+/// 5.12+); false if it was not 0. Through the intrinsic: the BPF target
+/// declares no compare-and-swap (`atomic-cas: false`), so `AtomicU64` has
+/// none, but the kernel and LLVM's v3 instruction set do.
+///
+/// # Safety
+/// `owner` points into a map value, 8-byte aligned.
+#[inline(always)]
+unsafe fn claim(owner: *mut u64, sk: u64) -> bool {
+    unsafe { atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(owner, 0, sk) }
+        .1
+}
+
+/// The socket is done with: later hooks must not find it.
+#[inline(always)]
+pub fn forget<M: SockAccess>(sk: u64) {
+    if let Some(slot) = slot_of::<M>(sk) {
+        // SAFETY: array map value; a free slot is one whose address is 0.
+        unsafe { core::ptr::write_volatile(&raw mut (*slot).sk, 0) };
+        count(C_TABLE_OUT);
+    }
+    // The socket may also have an older entry there (its set was full when
+    // it was put before): one lookup more, only once the map was used.
+    if overflowed() {
+        let _ = SOCKS.remove(sk);
+    }
+}
