@@ -385,4 +385,13 @@ fn healthy_control_has_no_false_verdict() {
         last["seen"]["state_changes"].as_u64().unwrap_or(0) > 1000,
         "the tracer saw the traffic: {last}"
     );
+    // With nothing failing, responses are only sampled for a status line
+    // (one per process per 20 ms), not all read: the proxy and the backend
+    // wrote 5,000 responses each.
+    let checked = last["seen"]["status_lines_checked"].as_u64().unwrap_or(0);
+    let responses = 2 * u64::from(scenarios::HEALTHY_REQUESTS);
+    assert!(
+        checked > 0 && checked * 5 < responses,
+        "{checked} of {responses} responses read on healthy traffic: {last}"
+    );
 }

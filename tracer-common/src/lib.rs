@@ -11,8 +11,10 @@ use core::mem::size_of;
 
 /// Name of the ring buffer map.
 pub const MAP_EVENTS: &str = "EVENTS";
-/// Name of the per-socket table (hot path: a set-associative array).
-pub const MAP_SOCK_TABLE: &str = "SOCK_TABLE";
+/// Names of the per-socket table (hot path: a set-associative array): the
+/// sockets of each set, and their states.
+pub const MAP_SOCK_KEYS: &str = "SOCK_KEYS";
+pub const MAP_SOCK_STATES: &str = "SOCK_STATES";
 /// Name of the per-socket LRU map that takes the sockets the table has no
 /// room for.
 pub const MAP_SOCKS: &str = "SOCKS";
@@ -29,7 +31,7 @@ pub const GLOBAL_CONFIG: &str = "CONFIG";
 
 /// Default number of sockets the kernel tracks at once (LRU beyond that).
 pub const DEFAULT_MAX_SOCKS: u32 = 131_072;
-/// Slots per set of `SOCK_TABLE`: a socket lives in one of the four slots
+/// Slots per set of the socket table: a socket lives in one of the four slots
 /// its address hashes to.
 pub const SOCK_WAYS: u32 = 4;
 /// Ring buffer size in bytes (power of two, multiple of the page size).
@@ -168,7 +170,7 @@ pub struct Config {
     pub sniff_http: u32,
     /// Kernel HZ, to turn jiffies into time.
     pub hz: u32,
-    /// Sets in `SOCK_TABLE` minus one (the set count is a power of two).
+    /// Sets in `SOCK_KEYS` minus one (the set count is a power of two).
     pub sock_set_mask: u32,
 
     // sock:inet_sock_set_state
@@ -330,7 +332,7 @@ impl Config {
 
 const _: () = assert!(size_of::<Config>() == 64 * 4);
 
-/// Per-socket state the kernel keeps for each socket (in `SOCK_TABLE`, or
+/// Per-socket state the kernel keeps for each socket (in `SOCK_STATES`, or
 /// in the `SOCKS` LRU map when its set is full), keyed by the socket's
 /// kernel address.
 #[repr(C)]
@@ -372,16 +374,17 @@ pub struct SockState {
 
 const _: () = assert!(size_of::<SockState>() == 6 * 8 + 9 * 4 + 4 + COMM_LEN);
 
-/// One slot of `SOCK_TABLE`: the socket's kernel address (0: free) and its
-/// state.
+/// One set of `SOCK_KEYS`: the kernel addresses of the sockets in its
+/// slots (0: free); slot `i` of set `n` has its state at `n * SOCK_WAYS + i`
+/// in `SOCK_STATES`. Kept apart from the states so that a lookup reads one
+/// cache line to find a socket, or to find it absent.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SockSlot {
-    pub sk: u64,
-    pub st: SockState,
+pub struct SockSet {
+    pub keys: [u64; SOCK_WAYS as usize],
 }
 
-const _: () = assert!(size_of::<SockSlot>() == 8 + size_of::<SockState>());
+const _: () = assert!(size_of::<SockSet>() == 32);
 
 /// Address block shared by all records. Addresses are in network byte order
 /// as the kernel stores them; IPv4 in the first 4 bytes.

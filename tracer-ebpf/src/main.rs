@@ -21,8 +21,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use tracer_common::{
-    Config, ListenKey, ListenOwner, SniffGate, SockSlot, SockState, DEFAULT_MAX_SOCKS, N_COUNTERS,
-    RING_BYTES, SNIFF_GATE_ENTRIES,
+    Config, ListenKey, ListenOwner, SniffGate, SockSet, SockState, DEFAULT_MAX_SOCKS, N_COUNTERS,
+    RING_BYTES, SNIFF_GATE_ENTRIES, SOCK_WAYS,
 };
 
 /// Load-time configuration, overridden by the loader (`EbpfLoader::override_global`).
@@ -33,9 +33,12 @@ static CONFIG: Config = Config::empty();
 static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
 
 /// Per-socket state, in the slots of the set the socket's address hashes
-/// to (`table.rs`). Sized by the loader (`--max-conns`).
+/// to (`table.rs`): which sockets each set holds, and their states. Sized
+/// by the loader (`--max-conns`).
 #[map]
-static SOCK_TABLE: Array<SockSlot> = Array::with_max_entries(DEFAULT_MAX_SOCKS, 0);
+static SOCK_KEYS: Array<SockSet> = Array::with_max_entries(DEFAULT_MAX_SOCKS / SOCK_WAYS, 0);
+#[map]
+static SOCK_STATES: Array<SockState> = Array::with_max_entries(DEFAULT_MAX_SOCKS, 0);
 
 /// Per-socket state of the sockets whose set in `SOCK_TABLE` was full,
 /// keyed by the socket's address. Sized by the loader.

@@ -10,30 +10,32 @@
 //! docs/BENCHMARKS.md has the figures.
 //!
 //! A socket lives in one of the [`SOCK_WAYS`] slots of the set its address
-//! hashes to. A full set sends the socket to the LRU map, which keeps the
-//! old behaviour at capacity: the least recently used socket is evicted
-//! there, nothing is refused. The LRU map is consulted only once it has been
-//! used ([`overflowed`]), so until then a miss costs four loads.
+//! hashes to: `SOCK_KEYS` says which sockets a set holds (one cache line),
+//! `SOCK_STATES` has their states. A full set sends the socket to the LRU
+//! map, which keeps the old behaviour at capacity: the least recently used
+//! socket is evicted there, nothing is refused. The LRU map is consulted
+//! only once it has been used ([`overflowed`]), so until then a miss reads
+//! one cache line.
 
 use core::intrinsics::{atomic_cxchg, AtomicOrdering};
 
 use tracer_common::{
-    SockSlot, SockState, C_LOST_MAP_FULL, C_OVERFLOW_IN, C_TABLE_IN, C_TABLE_OUT, SOCK_WAYS,
+    SockSet, SockState, C_LOST_MAP_FULL, C_OVERFLOW_IN, C_TABLE_IN, C_TABLE_OUT, SOCK_WAYS,
 };
 
 use crate::{
     conf,
     sock::{count, SockAccess},
-    OVERFLOWED, SOCKS, SOCK_TABLE,
+    OVERFLOWED, SOCKS, SOCK_KEYS, SOCK_STATES,
 };
 
-/// First slot of the set of the socket at address `addr` (a number, see
+/// The set of the socket at address `addr` (a number, see
 /// [`SockAccess::addr`]). Socket addresses are slab objects a few KiB apart,
 /// so their low bits say little: Fibonacci hashing mixes them.
 #[inline(always)]
-fn set_base(addr: u64) -> u32 {
+fn set_of(addr: u64) -> u32 {
     let h = (addr.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) as u32;
-    (h & conf!(sock_set_mask)) * SOCK_WAYS
+    h & conf!(sock_set_mask)
 }
 
 /// Whether a socket was ever sent to the LRU map (never reset: stale
@@ -45,26 +47,31 @@ fn overflowed() -> bool {
         .is_some_and(|v| unsafe { core::ptr::read_volatile(v) } != 0)
 }
 
-/// The socket's slot in the table, if it has one.
+/// The socket's set and its slot there, if it has one.
 #[inline(always)]
-fn slot_of<M: SockAccess>(sk: u64) -> Option<*mut SockSlot> {
-    let base = set_base(M::addr(sk));
+fn slot_of<M: SockAccess>(sk: u64) -> Option<(*mut SockSet, u32, u32)> {
+    let set = set_of(M::addr(sk));
+    let keys = SOCK_KEYS.get_ptr_mut(set)?;
     for way in 0..SOCK_WAYS {
-        let slot = SOCK_TABLE.get_ptr_mut(base + way)?;
         // SAFETY: array map value, valid for this program run.
-        if unsafe { (*slot).sk } == sk {
-            return Some(slot);
+        if unsafe { (*keys).keys[way as usize] } == sk {
+            return Some((keys, set, way));
         }
     }
     None
 }
 
+/// The state of slot `way` of set `set`.
+#[inline(always)]
+fn state_at(set: u32, way: u32) -> Option<*mut SockState> {
+    SOCK_STATES.get_ptr_mut(set * SOCK_WAYS + way)
+}
+
 /// The socket's state, if it has one.
 #[inline(always)]
 pub fn get<M: SockAccess>(sk: u64) -> Option<*mut SockState> {
-    if let Some(slot) = slot_of::<M>(sk) {
-        // SAFETY: array map value.
-        return Some(unsafe { &raw mut (*slot).st });
+    if let Some((_, set, way)) = slot_of::<M>(sk) {
+        return state_at(set, way);
     }
     if overflowed() {
         return SOCKS.get_ptr_mut(sk);
@@ -76,34 +83,32 @@ pub fn get<M: SockAccess>(sk: u64) -> Option<*mut SockState> {
 /// lives now (`None`: no room anywhere, counted).
 #[inline(always)]
 pub fn put<M: SockAccess>(sk: u64, st: &SockState) -> Option<*mut SockState> {
-    let base = set_base(M::addr(sk));
-    let mut free = u32::MAX;
+    let set = set_of(M::addr(sk));
+    let keys = SOCK_KEYS.get_ptr_mut(set)?;
+    let mut free = SOCK_WAYS;
     for way in 0..SOCK_WAYS {
-        let slot = SOCK_TABLE.get_ptr_mut(base + way)?;
         // SAFETY: array map value, valid for this program run.
-        unsafe {
-            let owner = (*slot).sk;
-            if owner == sk {
-                (*slot).st = *st;
-                return Some(&raw mut (*slot).st);
-            }
-            if owner == 0 && free == u32::MAX {
-                free = base + way;
-            }
+        let owner = unsafe { (*keys).keys[way as usize] };
+        if owner == sk {
+            let p = state_at(set, way)?;
+            // SAFETY: array map value.
+            unsafe { *p = *st };
+            return Some(p);
+        }
+        if owner == 0 && free == SOCK_WAYS {
+            free = way;
         }
     }
-    if let Some(slot) = SOCK_TABLE.get_ptr_mut(free) {
+    if free < SOCK_WAYS {
         // Another CPU may be claiming the same free slot for another socket
         // of this set: only one compare-and-swap wins.
-        // SAFETY: array map value, 8-byte aligned (`SockSlot` starts with it).
-        let claimed = unsafe { claim(&raw mut (*slot).sk, sk) };
-        if claimed {
+        // SAFETY: array map value; `free` is a valid way, keys are 8-aligned.
+        if unsafe { claim(&raw mut (*keys).keys[free as usize], sk) } {
             count(C_TABLE_IN);
-            // SAFETY: the slot is this socket's now.
-            unsafe {
-                (*slot).st = *st;
-                return Some(&raw mut (*slot).st);
-            }
+            let p = state_at(set, free)?;
+            // SAFETY: array map value; the slot is this socket's now.
+            unsafe { *p = *st };
+            return Some(p);
         }
     }
     if SOCKS.insert(sk, st, 0).is_err() {
@@ -127,16 +132,18 @@ pub fn put<M: SockAccess>(sk: u64, st: &SockState) -> Option<*mut SockState> {
 /// `owner` points into a map value, 8-byte aligned.
 #[inline(always)]
 unsafe fn claim(owner: *mut u64, sk: u64) -> bool {
-    unsafe { atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(owner, 0, sk) }
-        .1
+    unsafe {
+        atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(owner, 0, sk)
+    }
+    .1
 }
 
 /// The socket is done with: later hooks must not find it.
 #[inline(always)]
 pub fn forget<M: SockAccess>(sk: u64) {
-    if let Some(slot) = slot_of::<M>(sk) {
-        // SAFETY: array map value; a free slot is one whose address is 0.
-        unsafe { core::ptr::write_volatile(&raw mut (*slot).sk, 0) };
+    if let Some((keys, _, way)) = slot_of::<M>(sk) {
+        // SAFETY: array map value; a free slot is one whose key is 0.
+        unsafe { core::ptr::write_volatile(&raw mut (*keys).keys[way as usize], 0) };
         count(C_TABLE_OUT);
     }
     // The socket may also have an older entry there (its set was full when

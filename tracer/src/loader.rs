@@ -11,8 +11,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use tracer_common::{
-    Config, GLOBAL_CONFIG, MAP_COUNTERS, MAP_EVENTS, MAP_NETNS, MAP_PORTS, MAP_SOCKS, MAP_SOCK_TABLE,
-    N_COUNTERS, SOCK_WAYS,
+    Config, GLOBAL_CONFIG, MAP_COUNTERS, MAP_EVENTS, MAP_NETNS, MAP_PORTS, MAP_SOCKS, MAP_SOCK_KEYS,
+    MAP_SOCK_STATES,     N_COUNTERS, SOCK_WAYS,
 };
 
 use crate::{
@@ -209,7 +209,8 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
     let mut ebpf = EbpfLoader::new()
         .btf(aya_btf.as_ref())
         .override_global(GLOBAL_CONFIG, &config, true)
-        .map_max_entries(MAP_SOCK_TABLE, sizes.sets * SOCK_WAYS)
+        .map_max_entries(MAP_SOCK_KEYS, sizes.sets)
+        .map_max_entries(MAP_SOCK_STATES, sizes.sets * SOCK_WAYS)
         .map_max_entries(MAP_SOCKS, sizes.overflow)
         .load(OBJECT)?;
     fill_filters(&mut ebpf, opts)?;

@@ -2045,32 +2045,39 @@ fn idle(lab: &mut Lab, tools: &Tools, tracer: &Path, plan: &Plan) -> Result<Idle
         idle.rss_kib = status_kib(pid, "VmRSS").unwrap_or(0);
         idle.hwm_kib = status_kib(pid, "VmHWM").unwrap_or(0);
         let (_, maps) = bpf_fds(pid);
+        let mut overflow_entries = None;
         for m in &maps {
             let show = bpftool_show(tools, "map", m.id);
             let name = show
                 .as_ref()
                 .and_then(|j| j.get("name").and_then(Json::str).map(str::to_owned));
-            if name.as_deref() == Some("SOCKS") {
-                idle.socks_memlock = show
+            // The socket table and the LRU map beside it (`table.rs`).
+            if matches!(name.as_deref(), Some("SOCK_KEYS" | "SOCK_STATES" | "SOCKS")) {
+                idle.socks_memlock += show
                     .as_ref()
                     .and_then(|j| j.get("bytes_memlock").and_then(Json::u64))
                     .unwrap_or(m.memlock);
-                idle.socks_entries = count_map_entries(tools, m.id);
-                if m.max_entries != max_conns {
-                    eprintln!(
-                        "bench: warning: SOCKS has {} entries, not {max_conns}",
-                        m.max_entries
-                    );
-                }
+            }
+            if name.as_deref() == Some("SOCKS") {
+                overflow_entries = count_map_entries(tools, m.id);
             }
         }
-        // Loss so far (opening and holding), from the latest stats line.
+        // Sockets in the table, from the tracer's next stats line.
         nap(Duration::from_millis(1500))?;
+        let in_table = tool.live.as_ref().and_then(|live| {
+            lock(live)
+                .last_stats
+                .as_ref()
+                .and_then(|s| s.at(&["tracked", "table"]))
+                .and_then(Json::u64)
+        });
+        idle.socks_entries = in_table.zip(overflow_entries).map(|(t, o)| t + o);
+        // Loss so far (opening and holding), from the latest stats line.
         if let Some(live) = &tool.live {
             idle.lost_during_hold = lock(live).lost("total").unwrap_or(0);
         }
         eprintln!(
-            "bench: tracer RSS {} MiB (peak {} MiB) with {} connections open; SOCKS entries {}",
+            "bench: tracer RSS {} MiB (peak {} MiB) with {} connections open; sockets tracked {}",
             idle.rss_kib / 1024,
             idle.hwm_kib / 1024,
             idle.opened,
@@ -2845,8 +2852,8 @@ impl Report {
             );
             let _ = writeln!(
                 md,
-                "- kernel socket map SOCKS: {} entries in use, {:.1} MiB bytes_memlock (preallocated: \
-                 the same whatever the number in use)",
+                "- kernel socket state (SOCK_KEYS, SOCK_STATES and the SOCKS LRU map beside them): {} sockets \
+                 tracked, {:.1} MiB bytes_memlock (preallocated: the same whatever the number in use)",
                 i.socks_entries
                     .map_or_else(|| "?".to_owned(), |e| thousands(e as f64)),
                 i.socks_memlock as f64 / 1024.0 / 1024.0
