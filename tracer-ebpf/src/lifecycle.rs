@@ -30,7 +30,13 @@ pub fn tcp_destroy_sock(ctx: TracePointContext) -> u32 {
 #[btf_tracepoint(function = "tcp_destroy_sock")]
 pub fn tcp_destroy_sock_btf(ctx: BtfTracePointContext) -> i32 {
     count(C_DESTROY_SEEN);
-    match tcp_sock(ctx.arg(0)) {
+    let sk: u64 = ctx.arg(0);
+    // Most sockets were forgotten when they closed: look them up by address
+    // first, and make the socket a `tcp_sock` to read it only when found.
+    if sk == 0 || Direct::get(sk).is_none() {
+        return 0;
+    }
+    match tcp_sock(sk) {
         Some(sk) => on_destroy::<Direct>(sk) as i32,
         None => 0,
     }

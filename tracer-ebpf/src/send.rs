@@ -87,7 +87,10 @@ fn try_send<M: SockAccess>(ctx: &BtfTracePointContext, sk: u64) -> Result<i64, i
     s.msg_start_ns = now;
     s.last_send_ns = now;
     s.rcvd_at_msg = rcvd;
-    if !client && conf!(sniff_http) != 0 && sniff_now(tgid, now) && sniff::<M>(sk, ctx.arg(1), s, now, id)
+    if !client
+        && conf!(sniff_http) != 0
+        && sniff_now(tgid, now)
+        && sniff::<M>(sk, ctx.arg(1), s, now, id)
     {
         open_sniff_window(tgid, now, SNIFF_AFTER_5XX_NS);
     }

@@ -10,8 +10,8 @@ use aya_ebpf::{
     EbpfContext as _,
 };
 use tracer_common::{
-    Header, SockState, Tuple, ABSENT, AF_INET6, COMM_LEN, C_FILTERED, F_MIDLIFE,
-    F_REPORTED, TCP_NEW_SYN_RECV, TCP_TIME_WAIT,
+    Header, SockState, Tuple, ABSENT, AF_INET6, COMM_LEN, C_FILTERED, F_MIDLIFE, F_REPORTED,
+    TCP_NEW_SYN_RECV, TCP_TIME_WAIT,
 };
 
 use crate::{conf, table, ANCHOR, COUNTERS, NETNS, PORTS};
@@ -331,6 +331,14 @@ pub trait SockAccess: Sized {
         sk.wrapping_sub(anchor())
     }
 
+    /// `current->flags`.
+    #[inline(always)]
+    fn current_task_flags() -> Option<u32> {
+        // SAFETY: plain helper call.
+        let task = unsafe { aya_ebpf::helpers::bpf_get_current_task() };
+        kread(task, conf!(task_flags)).ok()
+    }
+
     /// The socket's state, if it has one (ignored sockets included).
     #[inline(always)]
     fn get(sk: u64) -> Option<*mut SockState> {
@@ -412,6 +420,13 @@ impl SockAccess for Direct {
     /// and no partial copy of one; but one pointer minus another is a plain
     /// number to programs loaded with CAP_PERFMON (which the tracer needs
     /// anyway). So: the socket's distance from a fixed kernel address.
+    #[inline(always)]
+    fn current_task_flags() -> Option<u32> {
+        // SAFETY: plain helper call; the task is a BTF pointer.
+        let task = unsafe { aya_ebpf::helpers::generated::bpf_get_current_task_btf() } as u64;
+        Self::read(task, conf!(task_flags)).ok()
+    }
+
     #[inline(always)]
     fn addr(sk: u64) -> u64 {
         match ANCHOR.get_ptr(0) {

@@ -12,9 +12,8 @@ use crate::{
     conf,
     send::open_sniff_window,
     sock::{
-        count, current_comm, fresh_state, header, idle_ms, kread, lookup_or_midlife, netns_of,
-        now_ns, passes, ports_of, tcp_sock, tuple_of, Clock, Direct, Probed, Rec, SockAccess,
-        F_IGNORED,
+        count, current_comm, fresh_state, header, idle_ms, lookup_or_midlife, netns_of, now_ns,
+        passes, ports_of, tcp_sock, tuple_of, Clock, Direct, Probed, Rec, SockAccess, F_IGNORED,
     },
     EVENTS, LISTENERS,
 };
@@ -260,11 +259,8 @@ fn on_change<S: Source, M: SockAccess>(
 #[inline(always)]
 fn local_close<M: SockAccess>(s: &mut SockState, sk: u64, tid: u32, abortive: bool) {
     s.closer_tid = tid;
-    let task = unsafe { aya_ebpf::helpers::bpf_get_current_task() };
-    if let Ok(flags) = kread::<u32>(task, conf!(task_flags)) {
-        if flags & PF_EXITING != 0 {
-            s.flags |= F_EXITING_CLOSE;
-        }
+    if M::current_task_flags().is_some_and(|f| f & PF_EXITING != 0) {
+        s.flags |= F_EXITING_CLOSE;
     }
     // Unread data turns close() into an abort (__tcp_close() sends an RST
     // and goes straight to CLOSE), so only an abortive close can have it.

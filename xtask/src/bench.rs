@@ -2061,6 +2061,12 @@ fn idle(lab: &mut Lab, tools: &Tools, tracer: &Path, plan: &Plan) -> Result<Idle
             if name.as_deref() == Some("SOCKS") {
                 overflow_entries = count_map_entries(tools, m.id);
             }
+            if name.as_deref() == Some("SOCK_STATES") && m.max_entries < max_conns {
+                eprintln!(
+                    "bench: warning: SOCK_STATES has {} slots, fewer than {max_conns}",
+                    m.max_entries
+                );
+            }
         }
         // Sockets in the table, from the tracer's next stats line.
         nap(Duration::from_millis(1500))?;
