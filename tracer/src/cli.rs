@@ -59,7 +59,9 @@ pub struct Cli {
           value_parser = clap::value_parser!(u64).range(1..))]
     pub stats_interval: u64,
 
-    /// Sockets tracked in the kernel at once (least recently used beyond).
+    /// Sockets tracked in the kernel at once: a table of this many slots,
+    /// and an LRU map of a quarter of it for sockets whose slots are taken
+    /// (the least recently used of those is evicted when it is full).
     #[arg(long = "max-conns", value_name = "N", default_value_t = tracer_common::DEFAULT_MAX_SOCKS,
           value_parser = clap::value_parser!(u32).range(1024..=4_194_304))]
     pub max_conns: u32,
