@@ -463,9 +463,9 @@ impl SockAccess for NoState {
 pub use tracer_common::F_IGNORED;
 
 /// Looks a socket up, or starts tracking one first seen mid-life (it existed
-/// before the tracer, or fell out of the LRU). Returns `None` for sockets the
-/// filters exclude. `ports` (local, remote) is only called for a socket new
-/// to the map.
+/// before the tracer, or was evicted from the overflow map). Returns `None`
+/// for sockets the filters exclude. `ports` (local, remote) is only called
+/// for a socket new to the table.
 #[inline(always)]
 pub fn lookup_or_midlife<M: SockAccess>(
     sk: u64,

@@ -117,9 +117,9 @@ pub fn ensure_tracefs() -> Result<PathBuf, LoadError> {
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
 
 /// The hooks that keep per-socket state, as (classic program, BTF program,
-/// group, event). The first is required. Both sets run the same code: the
-/// BTF programs keep the state in socket-local storage, the classic ones in
-/// the LRU map; one set or the other is attached, never a mix.
+/// group, event). The first is required. Both sets run the same code and
+/// find a socket's state in the same table slot (tracer-ebpf/src/table.rs);
+/// one set or the other is attached, never a mix.
 const STATE_HOOKS: &[(&str, &str, &str, &str)] = &[
     (
         "inet_sock_set_state",
