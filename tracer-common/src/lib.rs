@@ -172,6 +172,10 @@ pub struct Config {
     pub hz: u32,
     /// Sets in `SOCK_KEYS` minus one (the set count is a power of two).
     pub sock_set_mask: u32,
+    /// log2 of the largest power of two not above `sizeof(struct
+    /// tcp_sock)`: two sockets' addresses differ at least in the bits from
+    /// here up, so `address >> sock_shift` numbers the objects of a slab.
+    pub sock_shift: u32,
 
     // sock:inet_sock_set_state
     pub ss_skaddr: u32,
@@ -269,6 +273,7 @@ impl Config {
             sniff_http: 0,
             hz: 250,
             sock_set_mask: 0,
+            sock_shift: 11,
             ss_skaddr: ABSENT,
             ss_oldstate: ABSENT,
             ss_newstate: ABSENT,
@@ -330,7 +335,7 @@ impl Config {
     }
 }
 
-const _: () = assert!(size_of::<Config>() == 64 * 4);
+const _: () = assert!(size_of::<Config>() == 65 * 4);
 
 /// Per-socket state the kernel keeps for each socket (in `SOCK_STATES`, or
 /// in the `SOCKS` LRU map when its set is full), keyed by the socket's
@@ -375,8 +380,9 @@ pub struct SockState {
 const _: () = assert!(size_of::<SockState>() == 6 * 8 + 9 * 4 + 4 + COMM_LEN);
 
 /// One set of `SOCK_KEYS`: the kernel addresses of the sockets in its
-/// slots (0: free); slot `i` of set `n` has its state at `n * SOCK_WAYS + i`
-/// in `SOCK_STATES`. Kept apart from the states so that a lookup reads one
+/// slots (0: free); slot `i` of set `n` has its state at `i * sets + n` in
+/// `SOCK_STATES` (way-major: the first slots of neighbouring sets, where
+/// nearly every socket lives, are neighbours too). Kept apart from the states so that a lookup reads one
 /// cache line to find a socket, or to find it absent.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

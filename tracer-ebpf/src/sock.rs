@@ -299,16 +299,13 @@ pub fn fresh_state(now: u64, netns: u32, flags: u32) -> SockState {
     }
 }
 
-/// The address of the `ANCHOR` map value as a number: the pointer stored in
+/// The address of `cell`, the `ANCHOR` map value, as a number: the pointer stored in
 /// the value itself and loaded back (the verifier does not follow pointers
 /// through map memory). Every program stores the same address, so runs on
 /// other CPUs cannot disturb it.
 #[inline(always)]
-fn anchor() -> u64 {
-    let Some(cell) = ANCHOR.get_ptr_mut(0) else {
-        return 0;
-    };
-    // SAFETY: array map value of 8 bytes.
+fn anchor_at(cell: *mut u64) -> u64 {
+    // SAFETY: `cell` is the array map value of 8 bytes.
     unsafe {
         core::ptr::write_volatile(cell, cell as u64);
         core::ptr::read_volatile(cell)
@@ -323,12 +320,12 @@ pub trait SockAccess: Sized {
     /// object reached from it (its `struct net`). `ABSENT` offsets fail.
     fn read<T: Copy>(base: u64, off: u32) -> Result<T, i64>;
 
-    /// The socket's address as a plain number, to hash: its distance from
-    /// the `ANCHOR` map value, so that every kind of program finds a socket
-    /// in the same place. `sk` is a number already here.
+    /// The socket's address as a plain number, to hash (every kind of
+    /// program must find a socket in the same place). `sk` is a number
+    /// already here.
     #[inline(always)]
     fn addr(sk: u64) -> u64 {
-        sk.wrapping_sub(anchor())
+        sk
     }
 
     /// `current->flags`.
@@ -427,10 +424,12 @@ impl SockAccess for Direct {
         Self::read(task, conf!(task_flags)).ok()
     }
 
+    /// So: the socket's distance from the `ANCHOR` map value, plus that
+    /// value's own address as a number ([`anchor_at`]).
     #[inline(always)]
     fn addr(sk: u64) -> u64 {
-        match ANCHOR.get_ptr(0) {
-            Some(anchor) => sk.wrapping_sub(anchor as u64),
+        match ANCHOR.get_ptr_mut(0) {
+            Some(cell) => sk.wrapping_sub(cell as u64).wrapping_add(anchor_at(cell)),
             None => 0,
         }
     }

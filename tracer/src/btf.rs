@@ -503,6 +503,17 @@ impl Btf {
         Ok(Member { offset, size })
     }
 
+    /// Size in bytes of the struct (or union) `name`.
+    pub fn struct_size(&self, name: &str) -> Result<u32, BtfError> {
+        let id = *self
+            .composites
+            .get(name)
+            .ok_or_else(|| BtfError::MissingType {
+                name: name.to_owned(),
+            })?;
+        self.type_size(id, 0)
+    }
+
     /// Byte offset of the member at dotted `path` inside `struct_name`; see
     /// [`Btf::member`].
     pub fn member_offset(&self, struct_name: &str, path: &str) -> Result<u32, BtfError> {
@@ -1119,6 +1130,11 @@ mod tests {
         assert_eq!(btf.member("sock", "__sk_common.skc_state").unwrap().size, 1);
         assert_eq!(btf.member("tcp_sock", "bytes_received").unwrap().size, 8);
         assert_eq!(btf.member("tcp_sock", "lsndtime").unwrap().size, 4);
+        // The TCP slab's object size (/proc/slabinfo "TCP", 2,368 on 6.18)
+        // is sizeof(struct tcp_sock) rounded up to the cache line.
+        let tcp_sock = btf.struct_size("tcp_sock").unwrap();
+        assert!((2048..4096).contains(&tcp_sock), "{tcp_sock}");
+        assert!(tcp_sock > btf.struct_size("sock").unwrap());
         // `ubuf` and `__iov` share one union (include/linux/uio.h, v6.4+).
         assert_eq!(
             btf.member_offset("iov_iter", "ubuf").unwrap(),

@@ -199,6 +199,10 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
     config.sniff_http = !disabled.iter().any(|(f, _)| f == "http_status_sniffing") as u32;
     let sizes = SockTableSizes::for_max_conns(opts.max_conns);
     config.sock_set_mask = sizes.sets - 1;
+    config.sock_shift = match btf.struct_size("tcp_sock") {
+        Ok(size) if size >= 64 => size.ilog2(),
+        _ => config.sock_shift,
+    };
     let rst_names = rst_names(&btf);
     log::debug!(
         "load-time config: {config:?}; {} RST reason names",
