@@ -6,8 +6,10 @@
 //! process may have one to report ([`sniff_now`]). Payload is never copied
 //! out.
 
+use core::mem::MaybeUninit;
+
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user_buf},
+    helpers::{bpf_get_current_pid_tgid, generated},
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
@@ -178,12 +180,21 @@ fn sniff<M: SockAccess>(sk: u64, msg: u64, s: &SockState, now: u64, id: u64) -> 
     } else {
         return false;
     };
-    let mut buf = [0u8; SNIFF_LEN];
-    // SAFETY: bpf_probe_read_user validates the user address.
-    if unsafe { bpf_probe_read_user_buf((base + off) as *const u8, &mut buf) }.is_err() {
-        count(C_READ_FAILED);
-        return false;
-    }
+    let mut buf = MaybeUninit::<[u8; SNIFF_LEN]>::uninit();
+    // SAFETY: bpf_probe_read_user validates the user address and writes all
+    // SNIFF_LEN bytes (zeroes on failure). Not zeroed first: see `zeroed`.
+    let buf = unsafe {
+        if generated::bpf_probe_read_user(
+            buf.as_mut_ptr().cast(),
+            SNIFF_LEN as u32,
+            (base + off) as *const core::ffi::c_void,
+        ) != 0
+        {
+            count(C_READ_FAILED);
+            return false;
+        }
+        buf.assume_init()
+    };
     count(C_SNIFFED);
     let Some(status) = status_5xx(&buf) else {
         return false;

@@ -1,10 +1,12 @@
 //! Shared helpers: reading kernel memory at BTF offsets, filters, counters,
 //! and filling record headers.
 
+use core::mem::MaybeUninit;
+
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns,
-        bpf_probe_read_kernel,
+        bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns,
+        bpf_probe_read_kernel, generated,
     },
     programs::TracePointContext,
     EbpfContext as _,
@@ -169,9 +171,46 @@ pub fn now_ns() -> u64 {
     unsafe { bpf_ktime_get_ns() }
 }
 
+/// The current task's name. Not aya's `bpf_get_current_comm()`, which
+/// zeroes its buffer first: see [`zero_in_place`].
 #[inline(always)]
 pub fn current_comm() -> [u8; COMM_LEN] {
-    bpf_get_current_comm().unwrap_or([0; COMM_LEN])
+    let mut comm = MaybeUninit::<[u8; COMM_LEN]>::uninit();
+    // SAFETY: the helper writes all COMM_LEN bytes, zeroes on failure
+    // (bpf_get_current_comm, kernel/bpf/helpers.c).
+    unsafe {
+        generated::bpf_get_current_comm(comm.as_mut_ptr().cast(), COMM_LEN as u32);
+        comm.assume_init()
+    }
+}
+
+/// Sets every byte of `*p` to zero with 8-byte stores. A zeroed array or
+/// run of zero fields in a struct literal becomes a `memset` call, which
+/// the eBPF build links as a subprogram storing one byte per loop turn:
+/// 68 turns for a fresh [`SockState`] built on the stack, then copied,
+/// 13 % of the state hook's samples in `perf`.
+///
+/// # Safety
+/// `p` is valid for writes, 8-aligned, and all-zero bytes are a valid `T`.
+#[inline(always)]
+pub unsafe fn zero_in_place<T>(p: *mut T) {
+    const { assert!(size_of::<T>() % 8 == 0 && align_of::<T>() >= 8) };
+    let words = p.cast::<u64>();
+    for i in 0..size_of::<T>() / 8 {
+        // SAFETY: within `*p`; volatile, so not merged back into a memset.
+        unsafe { core::ptr::write_volatile(words.add(i), 0) };
+    }
+}
+
+/// Fills a zeroed per-socket state: a birth (or a socket first seen
+/// mid-life) at `now`.
+#[inline(always)]
+pub fn born(now: u64, netns: u32, flags: u32) -> impl FnOnce(&mut SockState) {
+    move |st| {
+        st.birth_ns = now;
+        st.netns = netns;
+        st.flags = flags;
+    }
 }
 
 /// The socket's own addresses from `struct sock_common`, valid for full and
@@ -273,32 +312,6 @@ pub fn idle_ms<M: SockAccess>(sk: u64) -> u32 {
     ((d as u64) * 1000 / hz as u64) as u32
 }
 
-/// A zeroed per-socket state.
-#[inline(always)]
-pub fn fresh_state(now: u64, netns: u32, flags: u32) -> SockState {
-    SockState {
-        birth_ns: now,
-        close_start_ns: 0,
-        last_send_ns: 0,
-        msg_start_ns: 0,
-        rst_ns: 0,
-        rcvd_at_msg: 0,
-        idle_before_msg_ms: 0,
-        idle_at_close_ms: 0,
-        messages: 0,
-        flags,
-        owner_tgid: 0,
-        owner_tid: 0,
-        closer_tid: 0,
-        netns,
-        rst_reason_plus1: 0,
-        close_from: 0,
-        close_to: 0,
-        _pad: [0; 2],
-        comm: [0; COMM_LEN],
-    }
-}
-
 /// The address of `cell`, the `ANCHOR` map value, as a number: the pointer stored in
 /// the value itself and loaded back (the verifier does not follow pointers
 /// through map memory). Every program stores the same address, so runs on
@@ -342,12 +355,12 @@ pub trait SockAccess: Sized {
         table::get::<Self>(sk)
     }
 
-    /// Gives the socket this state (a birth, or a socket first seen
-    /// mid-life), replacing any earlier one; where it lives now, or `None`
-    /// when there was no room.
+    /// Gives the socket a new state (a birth, or a socket first seen
+    /// mid-life), replacing any earlier one: zeroed, then filled in place by
+    /// `init`. Where it lives now, or `None` when there was no room.
     #[inline(always)]
-    fn put(sk: u64, st: &SockState) -> Option<*mut SockState> {
-        table::put::<Self>(sk, st)
+    fn put(sk: u64, init: impl FnOnce(&mut SockState)) -> Option<*mut SockState> {
+        table::put::<Self>(sk, init)
     }
 
     /// The socket is done with (closed normally, or destroyed): later hooks
@@ -451,7 +464,7 @@ impl SockAccess for NoState {
     }
 
     #[inline(always)]
-    fn put(_sk: u64, _st: &SockState) -> Option<*mut SockState> {
+    fn put(_sk: u64, _init: impl FnOnce(&mut SockState)) -> Option<*mut SockState> {
         None
     }
 
@@ -481,10 +494,10 @@ pub fn lookup_or_midlife<M: SockAccess>(
     let netns = netns_of::<M>(sk);
     let (lport, rport) = ports();
     if !passes(netns, lport, rport) {
-        let _ = M::put(sk, &fresh_state(0, netns, F_IGNORED));
+        let _ = M::put(sk, born(0, netns, F_IGNORED));
         return None;
     }
-    M::put(sk, &fresh_state(clock.now(), netns, F_MIDLIFE))
+    M::put(sk, born(clock.now(), netns, F_MIDLIFE))
 }
 
 /// True once a `KIND_CLOSE` was emitted for this socket.

@@ -12,8 +12,8 @@ use crate::{
     conf,
     send::open_sniff_window,
     sock::{
-        count, current_comm, fresh_state, header, idle_ms, lookup_or_midlife, netns_of, now_ns,
-        passes, ports_of, tcp_sock, tuple_of, Clock, Direct, Probed, Rec, SockAccess, F_IGNORED,
+        born, count, current_comm, header, idle_ms, lookup_or_midlife, netns_of, now_ns, passes,
+        ports_of, tcp_sock, tuple_of, Clock, Direct, Probed, Rec, SockAccess, F_IGNORED,
     },
     EVENTS, LISTENERS,
 };
@@ -389,14 +389,15 @@ fn on_connect<M: SockAccess>(sk: u64, sport: u16, dport: u16, now: u64) -> Resul
     let tgid = (id >> 32) as u32;
     let netns = netns_of::<M>(sk);
     if tgid == conf!(self_tgid) || !passes(netns, sport, dport) {
-        let _ = M::put(sk, &fresh_state(now, netns, F_IGNORED));
+        let _ = M::put(sk, born(now, netns, F_IGNORED));
         return Ok(0);
     }
-    let mut st = fresh_state(now, netns, F_ROLE_CLIENT);
-    st.owner_tgid = tgid;
-    st.owner_tid = id as u32;
-    st.comm = current_comm();
-    let _ = M::put(sk, &st);
+    let _ = M::put(sk, |st| {
+        born(now, netns, F_ROLE_CLIENT)(st);
+        st.owner_tgid = tgid;
+        st.owner_tid = id as u32;
+        st.comm = current_comm();
+    });
     Ok(0)
 }
 
@@ -406,21 +407,24 @@ fn on_connect<M: SockAccess>(sk: u64, sport: u16, dport: u16, now: u64) -> Resul
 fn on_accept_birth<M: SockAccess>(sk: u64, sport: u16, dport: u16, now: u64) -> Result<i64, i64> {
     let netns = netns_of::<M>(sk);
     if !passes(netns, sport, dport) {
-        let _ = M::put(sk, &fresh_state(now, netns, F_IGNORED));
+        let _ = M::put(sk, born(now, netns, F_IGNORED));
         return Ok(0);
     }
-    let mut st = fresh_state(now, netns, F_ROLE_SERVER);
     let key = ListenKey {
         netns,
         port: sport,
         _pad: 0,
     };
-    if let Some(owner) = unsafe { LISTENERS.get(key) } {
-        st.owner_tgid = owner.tgid;
-        st.owner_tid = owner.tid;
-        st.comm = owner.comm;
-    }
-    let _ = M::put(sk, &st);
+    // SAFETY: map value, copied out at once.
+    let owner = unsafe { LISTENERS.get(key) }.copied();
+    let _ = M::put(sk, |st| {
+        born(now, netns, F_ROLE_SERVER)(st);
+        if let Some(owner) = owner {
+            st.owner_tgid = owner.tgid;
+            st.owner_tid = owner.tid;
+            st.comm = owner.comm;
+        }
+    });
     Ok(0)
 }
 

@@ -25,7 +25,7 @@ use tracer_common::{
 
 use crate::{
     conf,
-    sock::{count, SockAccess},
+    sock::{count, zero_in_place, SockAccess},
     OVERFLOWED, SOCKS, SOCK_KEYS, SOCK_STATES,
 };
 
@@ -92,10 +92,11 @@ pub fn get<M: SockAccess>(sk: u64) -> Option<*mut SockState> {
     None
 }
 
-/// Gives the socket this state, replacing any earlier one; returns where it
-/// lives now (`None`: no room anywhere, counted).
+/// Gives the socket a new state, replacing any earlier one: zeroed, then
+/// filled in place by `init`. Returns where it lives now (`None`: no room
+/// anywhere, counted).
 #[inline(always)]
-pub fn put<M: SockAccess>(sk: u64, st: &SockState) -> Option<*mut SockState> {
+pub fn put<M: SockAccess>(sk: u64, init: impl FnOnce(&mut SockState)) -> Option<*mut SockState> {
     let set = set_of(M::addr(sk));
     let keys = SOCK_KEYS.get_ptr_mut(set)?;
     let mut free = SOCK_WAYS;
@@ -103,10 +104,7 @@ pub fn put<M: SockAccess>(sk: u64, st: &SockState) -> Option<*mut SockState> {
         // SAFETY: array map value, valid for this program run.
         let owner = unsafe { (*keys).keys[way as usize] };
         if owner == sk {
-            let p = state_at(set, way)?;
-            // SAFETY: array map value.
-            unsafe { *p = *st };
-            return Some(p);
+            return fill(state_at(set, way)?, init);
         }
         if owner == 0 && free == SOCK_WAYS {
             free = way;
@@ -118,12 +116,17 @@ pub fn put<M: SockAccess>(sk: u64, st: &SockState) -> Option<*mut SockState> {
         // SAFETY: array map value; `free` is a valid way, keys are 8-aligned.
         if unsafe { claim(&raw mut (*keys).keys[free as usize], sk) } {
             count(C_TABLE_IN);
-            let p = state_at(set, free)?;
-            // SAFETY: array map value; the slot is this socket's now.
-            unsafe { *p = *st };
-            return Some(p);
+            return fill(state_at(set, free)?, init);
         }
     }
+    // SAFETY: a SockState is plain integers and byte arrays; the stack
+    // copy is only for this rare path.
+    let mut st = core::mem::MaybeUninit::<SockState>::uninit();
+    let st = unsafe {
+        zero_in_place(st.as_mut_ptr());
+        init(&mut *st.as_mut_ptr());
+        st.assume_init_ref()
+    };
     if SOCKS.insert(sk, st, 0).is_err() {
         count(C_LOST_MAP_FULL);
         return None;
@@ -134,6 +137,17 @@ pub fn put<M: SockAccess>(sk: u64, st: &SockState) -> Option<*mut SockState> {
         unsafe { core::ptr::write_volatile(flag, 1) };
     }
     SOCKS.get_ptr_mut(sk)
+}
+
+/// Zeroes the state at `p` and lets `init` fill it.
+#[inline(always)]
+fn fill(p: *mut SockState, init: impl FnOnce(&mut SockState)) -> Option<*mut SockState> {
+    // SAFETY: array map value of a slot this socket owns now.
+    unsafe {
+        zero_in_place(p);
+        init(&mut *p);
+    }
+    Some(p)
 }
 
 /// Sets `*owner` from 0 to `sk` in one compare-and-swap (BPF_CMPXCHG, kernel

@@ -116,6 +116,25 @@ const DISTURBED: f64 = 0.05;
 const RETRIES_PER_RUN: usize = 2;
 const RETRIES_PER_ROUND: usize = 6;
 
+/// The alternating measurement ([`slices`]): under one continuous wrk load,
+/// [`SLICE_PAIRS`] times a slice with the tool attached next to one
+/// without, each [`SLICE`] long and measured [`SLICE_SETTLE`] after the
+/// tool attached or exited; [`SLICE_WARMUP`] of load before the first.
+const SLICE: Duration = Duration::from_secs(3);
+const SLICE_PAIRS: usize = 8;
+const SLICE_SETTLE: Duration = Duration::from_millis(500);
+const SLICE_WARMUP: Duration = Duration::from_secs(2);
+/// nginx `stub_status` on the backend (xtask/bench/backend.conf).
+const STATUS_PATH: &str = "/bench-status";
+/// The conditions measured in alternating slices: the tracer as deployed
+/// and the peers it is compared with.
+const SLICED: [Condition; 4] = [
+    Condition::Tracer,
+    Condition::Bpftrace,
+    Condition::Tcplife,
+    Condition::Tshark,
+];
+
 /// docs/BENCHMARKS.md is rewritten above this line; notes below it are kept.
 const KEEP_MARKER: &str =
     "<!-- Everything above is written by `cargo xtask bench`; notes below this line are kept. -->";
@@ -132,6 +151,11 @@ pub struct Options {
     /// the eBPF hot path. Writes no report.
     #[arg(long, conflicts_with = "report")]
     pub profile_only: bool,
+    /// Only the alternating-slices throughput measurement (the tracer
+    /// attached and not, slice after slice under one load), printed, in
+    /// about three minutes. Writes no report.
+    #[arg(long, conflicts_with_all = ["report", "profile_only"])]
+    pub slices_only: bool,
     /// Measure this tracer binary instead of building the workspace's (for
     /// comparing two builds back to back).
     #[arg(long, value_name = "PATH")]
@@ -188,6 +212,12 @@ pub fn bench(opts: &Options) -> Result<ExitCode> {
         let profiles = profile_only(&mut lab, &tools, &tracer, &plan);
         drop(lab);
         println!("{}", profile_markdown(&profiles?));
+        return Ok(ExitCode::SUCCESS);
+    }
+    if opts.slices_only {
+        let slices = slices_only(&mut lab, &tools, &tracer, &plan);
+        drop(lab);
+        println!("{}", slices_markdown(&slices?));
         return Ok(ExitCode::SUCCESS);
     }
     let results = measure(&mut lab, &tools, &tracer, &plan);
@@ -1683,6 +1713,7 @@ struct Idle {
 struct Results {
     runs: Vec<Run>,
     failures: Vec<Failure>,
+    slices: Vec<Slices>,
     profiles: Vec<Profile>,
     capacity: Vec<CapacityRun>,
     idle: Option<Idle>,
@@ -1707,6 +1738,167 @@ fn prepare(lab: &mut Lab, tools: &Tools, plan: &Plan) -> Result<PathBuf> {
         nap(GAP)?;
     }
     Ok(lua)
+}
+
+/// `--slices-only`: the alternating-slices measurement and nothing else.
+fn slices_only(lab: &mut Lab, tools: &Tools, tracer: &Path, plan: &Plan) -> Result<Vec<Slices>> {
+    let lua = prepare(lab, tools, plan)?;
+    let mut all = Vec::new();
+    for workload in Workload::ALL {
+        all.push(slices(
+            lab,
+            tools,
+            tracer,
+            &lua,
+            workload,
+            Condition::Tracer,
+        )?);
+    }
+    Ok(all)
+}
+
+/// Requests per second in alternating slices of one load: `on[i]` with the
+/// tool attached, between `off[i]` and `off[i + 1]` without it.
+#[derive(Clone, Debug)]
+struct Slices {
+    workload: Workload,
+    cond: Condition,
+    off: Vec<f64>,
+    on: Vec<f64>,
+    /// Events the tool lost over all its slices (the tracer's own count, or
+    /// what a peer says it dropped).
+    lost: u64,
+}
+
+impl Slices {
+    /// Each slice with the tool over the mean of the two without it around it.
+    fn ratios(&self) -> Vec<f64> {
+        self.on
+            .iter()
+            .zip(self.off.windows(2))
+            .filter_map(|(on, w)| {
+                let base = (w[0] + w[1]) / 2.0;
+                (base > 0.0).then(|| on / base)
+            })
+            .collect()
+    }
+
+    fn ratio(&self) -> Option<f64> {
+        median(&mut self.ratios())
+    }
+}
+
+/// Throughput with a tool attached against without it, in alternating
+/// slices of one continuous wrk load: the tool is started, measured for a
+/// slice, stopped, then a slice without it, [`SLICE_PAIRS`] times. Runs of
+/// their own (10 s each, a baseline run beside each) leave the VM's drift
+/// between two runs in every ratio; here a slice with the tool is compared
+/// with the slices just before and after it, seconds apart, under the same
+/// wrk connections and the same nginx state. Requests are counted by the
+/// backend (nginx `stub_status`), between the ends of each slice.
+fn slices(
+    lab: &mut Lab,
+    tools: &Tools,
+    tracer: &Path,
+    lua: &Path,
+    workload: Workload,
+    cond: Condition,
+) -> Result<Slices> {
+    eprintln!(
+        "bench: alternating slices, {} with and without {}, {} × 2 × {} s",
+        workload.name(),
+        cond.name(),
+        SLICE_PAIRS,
+        SLICE.as_secs()
+    );
+    // Long enough for the tools' start-up and exit between slices.
+    let secs = SLICE_WARMUP.as_secs() + SLICE_PAIRS as u64 * (2 * SLICE.as_secs() + 20) + 10;
+    let mut c = in_netns(NS_CLIENT, &tools.wrk);
+    c.args(wrk_args(workload, secs, lua))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut wrk = Proc::spawn("wrk", &mut c)?;
+    let measure = |wrk: &mut Proc| -> Result<f64> {
+        if !wrk.alive() {
+            bail!("wrk exited before the slices ended ({})", wrk.status());
+        }
+        let r0 = backend_requests()?;
+        let t0 = Instant::now();
+        nap(SLICE)?;
+        let r1 = backend_requests()?;
+        Ok(r1.saturating_sub(r0) as f64 / t0.elapsed().as_secs_f64())
+    };
+    let mut result = Slices {
+        workload,
+        cond,
+        off: Vec::new(),
+        on: Vec::new(),
+        lost: 0,
+    };
+    nap(SLICE_WARMUP)?;
+    result.off.push(measure(&mut wrk)?);
+    for _ in 0..SLICE_PAIRS {
+        lab.servers_alive()?;
+        let tool = start_tool(lab, tools, tracer, cond)?;
+        let on = nap(SLICE_SETTLE).and_then(|()| measure(&mut wrk));
+        let end = stop_tool(tool);
+        result.on.push(on?);
+        let end = end?;
+        result.lost += if cond.is_tracer() {
+            end.log.lost("total").unwrap_or(0)
+        } else {
+            end.peer_lost.unwrap_or(0)
+        };
+        nap(SLICE_SETTLE)?;
+        result.off.push(measure(&mut wrk)?);
+    }
+    wrk.stop(libc::SIGINT, STOP_GRACE);
+    eprintln!(
+        "bench: {} {}: kept {} (slices {})",
+        workload.name(),
+        cond.name(),
+        opt(result.ratio(), 3),
+        result
+            .ratios()
+            .iter()
+            .map(|r| format!("{r:.3}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    Ok(result)
+}
+
+/// Requests the backend has served so far (nginx `stub_status`), asked
+/// from a thread that joins the backend's network namespace.
+fn backend_requests() -> Result<u64> {
+    let ask = thread::spawn(|| -> Result<String> {
+        let ns = fs::File::open(format!("/var/run/netns/{NS_BACKEND}"))
+            .with_context(|| format!("netns {NS_BACKEND}"))?;
+        // SAFETY: changes the network namespace of this thread only.
+        if unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNET) } != 0 {
+            bail!("setns {NS_BACKEND}: {}", std::io::Error::last_os_error());
+        }
+        let mut conn = std::net::TcpStream::connect((BACKEND_IP, BACKEND_PORT))?;
+        conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(conn, "GET {STATUS_PATH} HTTP/1.0\r\nHost: bench\r\n\r\n")?;
+        let mut reply = String::new();
+        conn.read_to_string(&mut reply)?;
+        Ok(reply)
+    });
+    let reply = ask
+        .join()
+        .map_err(|_| anyhow::anyhow!("the stub_status reader panicked"))??;
+    parse_stub_status(&reply)
+        .with_context(|| format!("no request count in the backend's stub_status reply:\n{reply}"))
+}
+
+/// The `requests` figure of an nginx `stub_status` page:
+/// `server accepts handled requests` then ` 16 16 31 `.
+fn parse_stub_status(page: &str) -> Option<u64> {
+    let mut lines = page.lines();
+    lines.find(|l| l.trim() == "server accepts handled requests")?;
+    lines.next()?.split_whitespace().nth(2)?.parse().ok()
 }
 
 /// `--profile-only`: the per-program cost tables and nothing else.
@@ -1815,6 +2007,22 @@ fn measure(lab: &mut Lab, tools: &Tools, tracer: &Path, plan: &Plan) -> Result<R
         }
     }
 
+    for cond in SLICED {
+        for workload in Workload::ALL {
+            match slices(lab, tools, tracer, &lua, workload, cond) {
+                Ok(s) => results.slices.push(s),
+                Err(err) => {
+                    check_interrupt()?;
+                    eprintln!(
+                        "bench: slices, {} {}: FAILED: {err:#}",
+                        workload.name(),
+                        cond.name()
+                    );
+                }
+            }
+            nap(GAP)?;
+        }
+    }
     for workload in [Workload::Churn, Workload::KeepAlive] {
         results
             .profiles
@@ -2416,6 +2624,14 @@ impl Results {
         })
     }
 
+    /// Throughput kept in the alternating slices of `c` under `w`.
+    fn sliced(&self, w: Workload, c: Condition) -> Option<f64> {
+        self.slices
+            .iter()
+            .find(|s| s.workload == w && s.cond == c)
+            .and_then(Slices::ratio)
+    }
+
     fn profile(&self, w: Workload) -> Option<&Profile> {
         self.profiles.iter().find(|p| p.workload == Some(w))
     }
@@ -2756,6 +2972,29 @@ impl Report {
             let _ = writeln!(md);
         }
 
+        if !r.slices.is_empty() {
+            let _ = writeln!(
+                md,
+                "## Throughput in alternating slices (one continuous load)\n"
+            );
+            md.push_str(&slices_table(&r.slices));
+            let _ = writeln!(
+                md,
+                "\nOne wrk load per workload and tool, {pairs} slices with the tool and {} without, \
+                 alternating, {slice} s each: the tool is started, measured from {settle} ms after it \
+                 attached, stopped; {settle} ms after it exited the next slice without it begins. Each \
+                 slice with the tool is divided by the mean of the two slices without it around it; \
+                 requests are counted by the backend (nginx `stub_status`). The runs above compare \
+                 runs 10–20 s apart, each with its own wrk start and nginx state, and the VM's speed \
+                 changes within that; slices seconds apart under the same connections cancel more \
+                 of it. Tool start-up and exit fall between slices and are not measured.\n",
+                SLICE_PAIRS + 1,
+                pairs = SLICE_PAIRS,
+                slice = SLICE.as_secs(),
+                settle = SLICE_SETTLE.as_millis(),
+            );
+        }
+
         let _ = writeln!(md, "## The tracer itself\n");
         let mut rows = Vec::new();
         for w in Workload::ALL {
@@ -2949,6 +3188,19 @@ impl Report {
                 verdict(kept.map(|k| k >= min)).to_string(),
             ]);
         }
+        // And from the alternating slices: the same comparison, seconds apart.
+        for (w, min) in [(Workload::KeepAlive, 0.97), (Workload::Churn, 0.95)] {
+            let kept = r.sliced(w, Condition::Tracer);
+            rows.push(vec![
+                format!(
+                    "{} throughput ≥ {min:.2}, alternating {} s slices",
+                    w.name(),
+                    SLICE.as_secs()
+                ),
+                opt(kept, 3),
+                verdict(kept.map(|k| k >= min)).to_string(),
+            ]);
+        }
         for w in Workload::ALL {
             let ours = s(w, Condition::Tracer).and_then(|s| s.rps_ratio);
             let mut parts = Vec::new();
@@ -2964,6 +3216,27 @@ impl Report {
             rows.push(vec![
                 format!(
                     "lower overhead than bpftrace, tcplife, tshark ({})",
+                    w.name()
+                ),
+                format!("ours {} vs {}", opt(ours, 3), parts.join(", ")),
+                verdict(ok).to_string(),
+            ]);
+        }
+        for w in Workload::ALL {
+            let ours = r.sliced(w, Condition::Tracer);
+            let mut parts = Vec::new();
+            let mut ok = ours.map(|_| true);
+            for peer in Condition::PEERS {
+                let theirs = r.sliced(w, peer);
+                parts.push(format!("{} {}", peer.name(), opt(theirs, 3)));
+                ok = match (ok, ours, theirs) {
+                    (Some(acc), Some(o), Some(t)) => Some(acc && o > t),
+                    _ => None,
+                };
+            }
+            rows.push(vec![
+                format!(
+                    "lower overhead than bpftrace, tcplife, tshark ({}, alternating slices)",
                     w.name()
                 ),
                 format!("ours {} vs {}", opt(ours, 3), parts.join(", ")),
@@ -3314,6 +3587,52 @@ impl JsonParser<'_> {
 }
 
 /// The "where the time goes" section: per-program hits and cost.
+/// The alternating-slices table.
+fn slices_table(slices: &[Slices]) -> String {
+    let rows: Vec<Vec<String>> = slices
+        .iter()
+        .map(|s| {
+            let ratios = s.ratios();
+            vec![
+                s.workload.name().to_owned(),
+                s.cond.name().to_owned(),
+                ratios.len().to_string(),
+                opt(median(&mut s.off.clone()), 0),
+                opt(median(&mut s.on.clone()), 0),
+                opt(s.ratio(), 3),
+                match (percentile(&ratios, 25.0), percentile(&ratios, 75.0)) {
+                    (Some(lo), Some(hi)) => format!("{lo:.3}–{hi:.3}"),
+                    _ => "n/a".to_owned(),
+                },
+                thousands(s.lost as f64),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "workload",
+            "condition",
+            "slices",
+            "req/s without (median)",
+            "req/s with (median)",
+            "throughput kept (median)",
+            "middle half of the slices",
+            "events lost",
+        ],
+        &rows,
+    )
+}
+
+/// `--slices-only` output.
+fn slices_markdown(slices: &[Slices]) -> String {
+    format!(
+        "## Throughput in alternating slices\n\n{}\nEach slice with the tool is divided by the mean of the \
+         slices without it just before and after ({} s each, under one continuous wrk load).\n",
+        slices_table(slices),
+        SLICE.as_secs()
+    )
+}
+
 fn profile_markdown(profiles: &[Profile]) -> String {
     let mut md = String::new();
     let _ = writeln!(
@@ -3522,6 +3841,31 @@ Transfer/sec:     10.29MB
         assert_eq!(percentile(&v, 50.0), Some(50.0));
         assert_eq!(percentile(&v, 99.0), Some(99.0));
         assert_eq!(percentile(&[7.0], 99.0), Some(7.0));
+    }
+
+    #[test]
+    fn reads_stub_status() {
+        let page = "HTTP/1.1 200 OK\r\nServer: nginx\r\n\r\nActive connections: 65 \n\
+                    server accepts handled requests\n 1170 1170 2310557 \n\
+                    Reading: 0 Writing: 2 Waiting: 63 \n";
+        assert_eq!(parse_stub_status(page), Some(2_310_557));
+        assert_eq!(parse_stub_status("HTTP/1.1 404 Not Found\r\n\r\n"), None);
+    }
+
+    #[test]
+    fn slices_compare_with_the_slices_around_them() {
+        let s = Slices {
+            workload: Workload::Churn,
+            cond: Condition::Tracer,
+            // The machine slows down by half over the load; the tool costs 5 %.
+            off: vec![100.0, 90.0, 80.0, 60.0],
+            on: vec![0.95 * 95.0, 0.95 * 85.0, 0.95 * 70.0],
+            lost: 0,
+        };
+        let ratios = s.ratios();
+        assert_eq!(ratios.len(), 3);
+        assert!(ratios.iter().all(|r| (r - 0.95).abs() < 1e-9), "{ratios:?}");
+        assert!((s.ratio().unwrap() - 0.95).abs() < 1e-9);
     }
 
     #[test]
