@@ -194,7 +194,7 @@ pub fn current_comm() -> [u8; COMM_LEN] {
 /// `p` is valid for writes, 8-aligned, and all-zero bytes are a valid `T`.
 #[inline(always)]
 pub unsafe fn zero_in_place<T>(p: *mut T) {
-    const { assert!(size_of::<T>() % 8 == 0 && align_of::<T>() >= 8) };
+    const { assert!(size_of::<T>().is_multiple_of(8) && align_of::<T>() >= 8) };
     let words = p.cast::<u64>();
     for i in 0..size_of::<T>() / 8 {
         // SAFETY: within `*p`; volatile, so not merged back into a memset.
