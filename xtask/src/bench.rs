@@ -117,7 +117,7 @@ const RETRIES_PER_RUN: usize = 2;
 const RETRIES_PER_ROUND: usize = 6;
 
 /// The alternating measurement ([`slices`]): under one continuous wrk load,
-/// [`SLICE_PAIRS`] times a slice with the tool attached next to one
+/// [`SLICE_PAIRS`] times (3 with `--quick`) a slice with the tool attached next to one
 /// without, each [`SLICE`] long and measured [`SLICE_SETTLE`] after the
 /// tool attached or exited; [`SLICE_WARMUP`] of load before the first.
 const SLICE: Duration = Duration::from_secs(3);
@@ -182,6 +182,7 @@ pub fn bench(opts: &Options) -> Result<ExitCode> {
     let started = Instant::now();
     let plan = Plan {
         rounds: opts.rounds.unwrap_or(if opts.quick { 1 } else { 3 }) as usize,
+        slice_pairs: if opts.quick { 3 } else { SLICE_PAIRS },
         secs: opts.duration.unwrap_or(if opts.quick { 5 } else { 10 }),
         idle_conns: opts.idle_conns,
     };
@@ -252,6 +253,7 @@ pub fn bench(opts: &Options) -> Result<ExitCode> {
 #[derive(Clone, Copy, Debug)]
 struct Plan {
     rounds: usize,
+    slice_pairs: usize,
     secs: u64,
     idle_conns: u64,
 }
@@ -1749,6 +1751,7 @@ fn slices_only(lab: &mut Lab, tools: &Tools, tracer: &Path, plan: &Plan) -> Resu
             lab,
             tools,
             tracer,
+            plan,
             &lua,
             workload,
             Condition::Tracer,
@@ -1790,7 +1793,7 @@ impl Slices {
 
 /// Throughput with a tool attached against without it, in alternating
 /// slices of one continuous wrk load: the tool is started, measured for a
-/// slice, stopped, then a slice without it, [`SLICE_PAIRS`] times. Runs of
+/// slice, stopped, then a slice without it, `plan.slice_pairs` times. Runs of
 /// their own (10 s each, a baseline run beside each) leave the VM's drift
 /// between two runs in every ratio; here a slice with the tool is compared
 /// with the slices just before and after it, seconds apart, under the same
@@ -1800,6 +1803,7 @@ fn slices(
     lab: &mut Lab,
     tools: &Tools,
     tracer: &Path,
+    plan: &Plan,
     lua: &Path,
     workload: Workload,
     cond: Condition,
@@ -1808,11 +1812,11 @@ fn slices(
         "bench: alternating slices, {} with and without {}, {} × 2 × {} s",
         workload.name(),
         cond.name(),
-        SLICE_PAIRS,
+        plan.slice_pairs,
         SLICE.as_secs()
     );
     // Long enough for the tools' start-up and exit between slices.
-    let secs = SLICE_WARMUP.as_secs() + SLICE_PAIRS as u64 * (2 * SLICE.as_secs() + 20) + 10;
+    let secs = SLICE_WARMUP.as_secs() + plan.slice_pairs as u64 * (2 * SLICE.as_secs() + 20) + 10;
     let mut c = in_netns(NS_CLIENT, &tools.wrk);
     c.args(wrk_args(workload, secs, lua))
         .stdin(Stdio::null())
@@ -1838,7 +1842,7 @@ fn slices(
     };
     nap(SLICE_WARMUP)?;
     result.off.push(measure(&mut wrk)?);
-    for _ in 0..SLICE_PAIRS {
+    for _ in 0..plan.slice_pairs {
         lab.servers_alive()?;
         let tool = start_tool(lab, tools, tracer, cond)?;
         let on = nap(SLICE_SETTLE).and_then(|()| measure(&mut wrk));
@@ -2009,7 +2013,7 @@ fn measure(lab: &mut Lab, tools: &Tools, tracer: &Path, plan: &Plan) -> Result<R
 
     for cond in SLICED {
         for workload in Workload::ALL {
-            match slices(lab, tools, tracer, &lua, workload, cond) {
+            match slices(lab, tools, tracer, plan, &lua, workload, cond) {
                 Ok(s) => results.slices.push(s),
                 Err(err) => {
                     check_interrupt()?;
@@ -2988,8 +2992,8 @@ impl Report {
                  runs 10–20 s apart, each with its own wrk start and nginx state, and the VM's speed \
                  changes within that; slices seconds apart under the same connections cancel more \
                  of it. Tool start-up and exit fall between slices and are not measured.\n",
-                SLICE_PAIRS + 1,
-                pairs = SLICE_PAIRS,
+                self.plan.slice_pairs + 1,
+                pairs = self.plan.slice_pairs,
                 slice = SLICE.as_secs(),
                 settle = SLICE_SETTLE.as_millis(),
             );
