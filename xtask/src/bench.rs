@@ -142,7 +142,8 @@ const KEEP_MARKER: &str =
 /// Options of `cargo xtask bench`.
 #[derive(clap::Args, Debug)]
 pub struct Options {
-    /// Smoke check: one round of 5 s per condition (and 5 s capacity runs);
+    /// Smoke check: one round of 5 s per condition, three slice pairs per
+    /// tool (and 5 s capacity runs);
     /// the report goes to target/bench/BENCHMARKS-quick.md.
     #[arg(long)]
     pub quick: bool,
