@@ -382,8 +382,9 @@ const _: () = assert!(size_of::<SockState>() == 6 * 8 + 9 * 4 + 4 + COMM_LEN);
 /// One set of `SOCK_KEYS`: the kernel addresses of the sockets in its
 /// slots (0: free); slot `i` of set `n` has its state at `i * sets + n` in
 /// `SOCK_STATES` (way-major: the first slots of neighbouring sets, where
-/// nearly every socket lives, are neighbours too). Kept apart from the states so that a lookup reads one
-/// cache line to find a socket, or to find it absent.
+/// nearly every socket lives, are neighbours too). Kept apart from the
+/// states so that a lookup reads one cache line to find a socket, or to
+/// find it absent.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SockSet {

@@ -182,7 +182,8 @@ fn sniff<M: SockAccess>(sk: u64, msg: u64, s: &SockState, now: u64, id: u64) -> 
     };
     let mut buf = MaybeUninit::<[u8; SNIFF_LEN]>::uninit();
     // SAFETY: bpf_probe_read_user validates the user address and writes all
-    // SNIFF_LEN bytes (zeroes on failure). Not zeroed first: see `zeroed`.
+    // SNIFF_LEN bytes (zeroes on failure). Not zeroed first: see
+    // `sock::zero_in_place`.
     let buf = unsafe {
         if generated::bpf_probe_read_user(
             buf.as_mut_ptr().cast(),

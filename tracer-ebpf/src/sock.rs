@@ -426,10 +426,7 @@ impl SockAccess for Direct {
         Ok(unsafe { core::ptr::read_volatile((base + off as u64) as *const T) })
     }
 
-    /// The verifier allows no arithmetic on a BTF pointer but adding to it,
-    /// and no partial copy of one; but one pointer minus another is a plain
-    /// number to programs loaded with CAP_PERFMON (which the tracer needs
-    /// anyway). So: the socket's distance from a fixed kernel address.
+    /// `current->flags`, through the task's BTF pointer.
     #[inline(always)]
     fn current_task_flags() -> Option<u32> {
         // SAFETY: plain helper call; the task is a BTF pointer.
@@ -437,8 +434,11 @@ impl SockAccess for Direct {
         Self::read(task, conf!(task_flags)).ok()
     }
 
-    /// So: the socket's distance from the `ANCHOR` map value, plus that
-    /// value's own address as a number ([`anchor_at`]).
+    /// The verifier allows no arithmetic on a BTF pointer but adding to it,
+    /// and no partial copy of one; but one pointer minus another is a plain
+    /// number to programs loaded with CAP_PERFMON (which the tracer needs
+    /// anyway). So: the socket's distance from the `ANCHOR` map value, plus
+    /// that value's own address as a number ([`anchor_at`]).
     #[inline(always)]
     fn addr(sk: u64) -> u64 {
         match ANCHOR.get_ptr_mut(0) {
