@@ -434,13 +434,7 @@ impl Btf {
     /// Each step descends through typedef/const/volatile wrappers and searches
     /// anonymous struct/union members transparently.
     pub fn member(&self, struct_name: &str, path: &str) -> Result<Member, BtfError> {
-        let root = *self
-            .composites
-            .get(struct_name)
-            .ok_or_else(|| BtfError::MissingType {
-                name: struct_name.to_owned(),
-            })?;
-        let mut ty_id = root;
+        let mut ty_id = self.composite(struct_name)?;
         let mut ty_desc = struct_name.to_owned();
         let mut total_bits: u64 = 0;
         let mut last = None;
@@ -505,13 +499,17 @@ impl Btf {
 
     /// Size in bytes of the struct (or union) `name`.
     pub fn struct_size(&self, name: &str) -> Result<u32, BtfError> {
-        let id = *self
-            .composites
+        self.type_size(self.composite(name)?, 0)
+    }
+
+    /// Type id of the struct (or union) `name`.
+    fn composite(&self, name: &str) -> Result<u32, BtfError> {
+        self.composites
             .get(name)
+            .copied()
             .ok_or_else(|| BtfError::MissingType {
                 name: name.to_owned(),
-            })?;
-        self.type_size(id, 0)
+            })
     }
 
     /// Byte offset of the member at dotted `path` inside `struct_name`; see
