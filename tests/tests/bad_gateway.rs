@@ -194,6 +194,23 @@ fn keepalive_race_seed_001() {
     assert_eq!(v["error"], "ECONNRESET");
 }
 
+/// The same race with `--port` filters instead of namespaces: the proxy's
+/// sends on the two listed ports pass the send hook's filter check (the
+/// request count and the 5xx come from them), others stop there.
+#[test]
+fn keepalive_race_with_port_filter() {
+    let (v, s) = verdict(scenarios::keepalive_race(|_| {
+        Tracer::start(&[
+            "--port",
+            &scenarios::PROXY_PORT.to_string(),
+            "--port",
+            &scenarios::BACKEND_PORT.to_string(),
+        ])
+    }));
+    expect(&v, &s, "backend_closed_idle_keepalive", "backend", "rst");
+    assert_eq!(v["requests_on_conn"], 2);
+}
+
 #[test]
 fn backend_closed_before_response() {
     let (v, s) = verdict(scenarios::closed_before_response(tracer));

@@ -20,8 +20,17 @@ pub const MAP_SOCK_STATES: &str = "SOCK_STATES";
 pub const MAP_SOCKS: &str = "SOCKS";
 /// Name of the per-CPU counters map.
 pub const MAP_COUNTERS: &str = "COUNTERS";
-/// Name of the port filter set.
+/// Name of the port filter set: a bitmap of [`PORT_WORDS`] words
+/// ([`port_bit`]).
 pub const MAP_PORTS: &str = "PORTS";
+/// Words of the `PORTS` bitmap: one bit per port.
+pub const PORT_WORDS: u32 = 65_536 / 64;
+
+/// Where port `p` sits in the `PORTS` bitmap: word index and bit mask.
+#[inline(always)]
+pub const fn port_bit(p: u16) -> (u32, u64) {
+    ((p >> 6) as u32, 1 << (p & 63))
+}
 /// Name of the network-namespace filter set.
 pub const MAP_NETNS: &str = "NETNS";
 /// Name of the listener-owner map.
@@ -160,7 +169,7 @@ pub struct Config {
     // Switches.
     /// 1: report every close, not only abnormal ones.
     pub report_all: u32,
-    /// 1: only sockets with a port in `PORTS`.
+    /// 1: only sockets with a port set in `PORTS`.
     pub filter_ports: u32,
     /// 1: only sockets whose netns inode is in `NETNS`.
     pub filter_netns: u32,

@@ -10,11 +10,11 @@ use tracer_common::*;
 use crate::{
     conf,
     sock::{
-        count, header, now_ns, reported, tcp_sock, tpread, tpread_proto, tuple_of, Direct, Probed,
-        SockAccess,
+        count, header, now_ns, ports_wanted, reported, tcp_sock, tpread, tpread_proto, tuple_of,
+        Direct, Probed, SockAccess,
     },
     state::{emit_conn_tuple, submit_flags},
-    EVENTS, PORTS,
+    EVENTS,
 };
 
 #[tracepoint]
@@ -80,10 +80,7 @@ fn try_error(ctx: &TracePointContext) -> Result<i64, i64> {
     let dport: u16 = tpread(ctx, conf!(er_dport))?;
     // No socket pointer in this tracepoint: ports only; userspace joins it
     // to a reported connection by addresses and drops the rest.
-    if conf!(filter_ports) != 0
-        && unsafe { PORTS.get(sport) }.is_none()
-        && unsafe { PORTS.get(dport) }.is_none()
-    {
+    if !ports_wanted(sport, dport) {
         return Ok(0);
     }
     let mut tuple = Tuple {

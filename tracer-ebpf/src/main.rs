@@ -22,7 +22,7 @@ use aya_ebpf::{
 };
 use tracer_common::{
     Config, ListenKey, ListenOwner, SniffGate, SockSet, SockState, DEFAULT_MAX_SOCKS, N_COUNTERS,
-    RING_BYTES, SNIFF_GATE_ENTRIES, SOCK_WAYS,
+    PORT_WORDS, RING_BYTES, SNIFF_GATE_ENTRIES, SOCK_WAYS,
 };
 
 /// Load-time configuration, overridden by the loader (`EbpfLoader::override_global`).
@@ -62,8 +62,10 @@ static SNIFF_GATE: Array<SniffGate> = Array::with_max_entries(SNIFF_GATE_ENTRIES
 #[map]
 static LISTENERS: LruHashMap<ListenKey, ListenOwner> = LruHashMap::with_max_entries(4096, 0);
 
+/// `--port` filter: one bit per port (`tracer_common::port_bit`), so the
+/// check is two array loads.
 #[map]
-static PORTS: HashMap<u16, u8> = HashMap::with_max_entries(64, 0);
+static PORTS: Array<u64> = Array::with_max_entries(PORT_WORDS, 0);
 
 #[map]
 static NETNS: HashMap<u32, u8> = HashMap::with_max_entries(1024, 0);

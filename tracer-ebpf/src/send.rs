@@ -18,8 +18,8 @@ use tracer_common::*;
 use crate::{
     conf,
     sock::{
-        count, current_comm, header, idle_ms, kread, lookup_or_midlife, now_ns, ports_of, tcp_sock,
-        tuple_of, Clock, Direct, SockAccess,
+        count, current_comm, filtering, header, idle_ms, kread, live_ports, lookup_or_midlife,
+        netns_of, now_ns, ports_of, tcp_sock, tuple_of, wanted, Clock, Direct, SockAccess,
     },
     state::submit_flags,
     EVENTS, SNIFF_GATE,
@@ -37,6 +37,13 @@ pub fn tcp_sendmsg_locked(ctx: BtfTracePointContext) -> i32 {
 
 #[inline(always)]
 fn try_send<M: SockAccess>(ctx: &BtfTracePointContext, sk: u64) -> Result<i64, i64> {
+    // With `--port`/`--pod`, the sends of sockets filtered out (on a busy
+    // node, most of them) stop here: the same test as at the socket's birth,
+    // from fields of the socket the kernel is using, costs less than finding
+    // the socket's state in the table.
+    if filtering() && !wanted(|| netns_of::<M>(sk), || live_ports::<M>(sk)) {
+        return Ok(0);
+    }
     let st = match M::get(sk) {
         Some(st) => {
             // SAFETY: map value pointer.

@@ -12,8 +12,8 @@ use aya_ebpf::{
     EbpfContext as _,
 };
 use tracer_common::{
-    Header, SockState, Tuple, ABSENT, AF_INET6, COMM_LEN, C_FILTERED, F_MIDLIFE, F_REPORTED,
-    TCP_NEW_SYN_RECV, TCP_TIME_WAIT,
+    port_bit, Header, SockState, Tuple, ABSENT, AF_INET6, COMM_LEN, C_FILTERED, F_MIDLIFE,
+    F_REPORTED, TCP_NEW_SYN_RECV, TCP_TIME_WAIT,
 };
 
 use crate::{conf, table, ANCHOR, COUNTERS, NETNS, PORTS};
@@ -113,21 +113,46 @@ pub fn netns_of<M: SockAccess>(sk: u64) -> u32 {
     M::read::<u32>(net, conf!(net_inum)).unwrap_or(0)
 }
 
-/// Whether a socket with these ports in this namespace is of interest.
+/// Whether a socket with these ports in this namespace is of interest;
+/// counts the ones that are not.
 #[inline(always)]
 pub fn passes(netns: u32, lport: u16, rport: u16) -> bool {
-    if conf!(filter_netns) != 0 && unsafe { NETNS.get(netns) }.is_none() {
+    let wanted = wanted(|| netns, || (lport, rport));
+    if !wanted {
         count(C_FILTERED);
+    }
+    wanted
+}
+
+/// Whether a socket is of interest, given its namespace and its (local,
+/// remote) ports, each computed only if a filter asks for it.
+#[inline(always)]
+pub fn wanted(netns: impl FnOnce() -> u32, ports: impl FnOnce() -> (u16, u16)) -> bool {
+    if conf!(filter_netns) != 0 && unsafe { NETNS.get(netns()) }.is_none() {
         return false;
     }
-    if conf!(filter_ports) != 0
-        && unsafe { PORTS.get(lport) }.is_none()
-        && unsafe { PORTS.get(rport) }.is_none()
-    {
-        count(C_FILTERED);
-        return false;
+    conf!(filter_ports) == 0 || {
+        let (lport, rport) = ports();
+        ports_wanted(lport, rport)
     }
-    true
+}
+
+/// Whether one of these ports is in the `--port` filter (or none is set).
+#[inline(always)]
+pub fn ports_wanted(lport: u16, rport: u16) -> bool {
+    conf!(filter_ports) == 0 || port_listed(lport) || port_listed(rport)
+}
+
+/// Whether any filter is set.
+#[inline(always)]
+pub fn filtering() -> bool {
+    (conf!(filter_ports) | conf!(filter_netns)) != 0
+}
+
+#[inline(always)]
+fn port_listed(p: u16) -> bool {
+    let (word, bit) = port_bit(p);
+    PORTS.get(word).is_some_and(|w| *w & bit != 0)
 }
 
 /// Fills a header for the current task and time.
@@ -247,6 +272,16 @@ pub fn tuple_of_any(sk: u64) -> Tuple {
         t.sport = kread::<u16>(sk, conf!(sk_num)).unwrap_or(0);
     }
     t
+}
+
+/// (local, remote) ports of a bound socket: both from `sock_common`
+/// (`skc_num`, `skc_dport`), which the kernel has just been using.
+#[inline(always)]
+pub fn live_ports<M: SockAccess>(sk: u64) -> (u16, u16) {
+    (
+        M::read::<u16>(sk, conf!(sk_num)).unwrap_or(0),
+        u16::from_be(M::read::<u16>(sk, conf!(sk_dport)).unwrap_or(0)),
+    )
 }
 
 /// (local, remote) ports of a socket, also after close.

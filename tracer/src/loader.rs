@@ -1,17 +1,18 @@
 //! Loading and attaching the eBPF programs, and talking to their maps.
 
 use std::{
+    collections::BTreeMap,
     path::{Path, PathBuf},
     time::Instant,
 };
 
 use aya::{
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::{BtfTracePoint, TracePoint},
     Ebpf, EbpfLoader,
 };
 use tracer_common::{
-    Config, GLOBAL_CONFIG, MAP_COUNTERS, MAP_EVENTS, MAP_NETNS, MAP_PORTS, MAP_SOCKS,
+    port_bit, Config, GLOBAL_CONFIG, MAP_COUNTERS, MAP_EVENTS, MAP_NETNS, MAP_PORTS, MAP_SOCKS,
     MAP_SOCK_KEYS, MAP_SOCK_STATES, N_COUNTERS, SOCK_WAYS,
 };
 
@@ -407,10 +408,9 @@ fn fill_filters(ebpf: &mut Ebpf, opts: &LoadOptions) -> Result<(), LoadError> {
             name: MAP_PORTS.into(),
         },
     })?;
-    let mut ports: BpfHashMap<_, u16, u8> =
-        BpfHashMap::try_from(map).map_err(map_err(MAP_PORTS))?;
-    for p in &opts.ports {
-        ports.insert(p, 1, 0).map_err(map_err(MAP_PORTS))?;
+    let mut bits: Array<_, u64> = Array::try_from(map).map_err(map_err(MAP_PORTS))?;
+    for (word, value) in port_words(&opts.ports) {
+        bits.set(word, value, 0).map_err(map_err(MAP_PORTS))?;
     }
     if let Some(ns) = &opts.netns {
         set_netns(ebpf, ns)?;
@@ -419,6 +419,16 @@ fn fill_filters(ebpf: &mut Ebpf, opts: &LoadOptions) -> Result<(), LoadError> {
 }
 
 /// Replaces the set of traced network namespaces (pods come and go).
+/// The non-zero words of the `PORTS` bitmap for these ports, by index.
+fn port_words(ports: &[u16]) -> BTreeMap<u32, u64> {
+    let mut words = BTreeMap::new();
+    for &p in ports {
+        let (word, bit) = port_bit(p);
+        *words.entry(word).or_insert(0) |= bit;
+    }
+    words
+}
+
 pub fn set_netns(ebpf: &mut Ebpf, inodes: &[u32]) -> Result<(), LoadError> {
     let map = ebpf.map_mut(MAP_NETNS).ok_or(LoadError::Map {
         name: MAP_NETNS,
@@ -516,6 +526,22 @@ pub fn netns_inode(path: &Path) -> std::io::Result<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tracer_common::PORT_WORDS;
+
+    #[test]
+    fn port_filter_bitmap_sets_one_bit_per_port() {
+        let words = port_words(&[0, 63, 64, 8080, 8081, 65_535, 8080]);
+        assert_eq!(
+            words.into_iter().collect::<Vec<_>>(),
+            vec![
+                (0, 1 | 1 << 63),
+                (1, 1),
+                (126, 1 << 16 | 1 << 17),
+                (PORT_WORDS - 1, 1 << 63),
+            ]
+        );
+        assert!(port_words(&[]).is_empty());
+    }
 
     #[test]
     fn socket_table_holds_at_least_max_conns() {
