@@ -11,9 +11,9 @@ use tracer_common::*;
 use crate::{
     conf,
     sock::{
-        count, header, kread, lookup_or_midlife, netns_of, now_ns, passes, ports_of, reported,
-        tcp_sock, tp_sockaddr, tpread, tuple_of, tuple_of_any, Clock, Direct, NoState, Probed,
-        SockAccess,
+        count, filtering, filters_pass, header, kread, lookup_or_midlife, netns_of, now_ns,
+        ports_of, reported, tcp_sock, tp_sockaddr, tpread, tuple_of, tuple_of_any, Clock, Direct,
+        NoState, Probed, SockAccess,
     },
     state::submit_flags,
     EVENTS,
@@ -41,6 +41,10 @@ pub fn tcp_receive_reset_btf(ctx: BtfTracePointContext) -> i32 {
 #[inline(always)]
 fn on_receive_reset<M: SockAccess>(sk: u64) -> i64 {
     if sk == 0 {
+        return 0;
+    }
+    // Filtered out: never in the table (see `state::on_change`).
+    if filtering() && !filters_pass(|| netns_of::<M>(sk), || ports_of::<M>(sk)) {
         return 0;
     }
     let mut clock = Clock::new();
@@ -139,8 +143,7 @@ fn on_send_reset<M: SockAccess>(
     // joined in userspace by socket address and then by addresses.
     let mut tuple = Tuple::EMPTY;
     addresses(&mut tuple);
-    let netns = netns_of::<M>(sk);
-    if !passes(netns, tuple.sport, tuple.dport) {
+    if !filters_pass(|| netns_of::<M>(sk), || (tuple.sport, tuple.dport)) {
         return 0;
     }
     let Some(mut entry) = EVENTS.reserve::<ResetRecord>(0) else {

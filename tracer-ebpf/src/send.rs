@@ -18,8 +18,9 @@ use tracer_common::*;
 use crate::{
     conf,
     sock::{
-        count, current_comm, filtering, header, idle_ms, kread, live_ports, lookup_or_midlife,
-        netns_of, now_ns, ports_of, tcp_sock, tuple_of, wanted, Clock, Direct, SockAccess,
+        count, current_comm, filtering, filters_pass, header, idle_ms, kread, live_ports,
+        lookup_or_midlife, netns_of, now_ns, ports_of, tcp_sock, tuple_of, Clock, Direct,
+        SockAccess,
     },
     state::submit_flags,
     EVENTS, SNIFF_GATE,
@@ -41,7 +42,7 @@ fn try_send<M: SockAccess>(ctx: &BtfTracePointContext, sk: u64) -> Result<i64, i
     // node, most of them) stop here: the same test as at the socket's birth,
     // from fields of the socket the kernel is using, costs less than finding
     // the socket's state in the table.
-    if filtering() && !wanted(|| netns_of::<M>(sk), || live_ports::<M>(sk)) {
+    if filtering() && !filters_pass(|| netns_of::<M>(sk), || live_ports::<M>(sk)) {
         return Ok(0);
     }
     let st = match M::get(sk) {

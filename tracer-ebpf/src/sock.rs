@@ -117,7 +117,7 @@ pub fn netns_of<M: SockAccess>(sk: u64) -> u32 {
 /// counts the ones that are not.
 #[inline(always)]
 pub fn passes(netns: u32, lport: u16, rport: u16) -> bool {
-    let wanted = wanted(|| netns, || (lport, rport));
+    let wanted = filters_pass(|| netns, || (lport, rport));
     if !wanted {
         count(C_FILTERED);
     }
@@ -127,13 +127,13 @@ pub fn passes(netns: u32, lport: u16, rport: u16) -> bool {
 /// Whether a socket is of interest, given its namespace and its (local,
 /// remote) ports, each computed only if a filter asks for it.
 #[inline(always)]
-pub fn wanted(netns: impl FnOnce() -> u32, ports: impl FnOnce() -> (u16, u16)) -> bool {
+pub fn filters_pass(netns: impl FnOnce() -> u32, ports: impl FnOnce() -> (u16, u16)) -> bool {
     if conf!(filter_netns) != 0 && unsafe { NETNS.get(netns()) }.is_none() {
         return false;
     }
     conf!(filter_ports) == 0 || {
         let (lport, rport) = ports();
-        ports_wanted(lport, rport)
+        port_listed(lport) || port_listed(rport)
     }
 }
 

@@ -12,8 +12,9 @@ use crate::{
     conf,
     send::open_sniff_window,
     sock::{
-        born, count, current_comm, header, idle_ms, lookup_or_midlife, netns_of, now_ns, passes,
-        ports_of, tcp_sock, tuple_of, Clock, Direct, Probed, Rec, SockAccess, F_IGNORED,
+        born, count, current_comm, filtering, filters_pass, header, idle_ms, lookup_or_midlife,
+        netns_of, now_ns, passes, ports_of, tcp_sock, tuple_of, Clock, Direct, Probed, Rec,
+        SockAccess, F_IGNORED,
     },
     EVENTS, LISTENERS,
 };
@@ -131,6 +132,16 @@ fn on_change<S: Source, M: SockAccess>(
     new: u8,
     ports: impl Fn() -> (u16, u16),
 ) -> Result<i64, i64> {
+    // With `--port`/`--netns`/`--pod`, a socket the filters turn away is
+    // neither born into the table nor looked up at its later changes: the
+    // same test from its fields each time (cheaper than a lookup, and a
+    // namespace added to the filter later is followed from then on).
+    if filtering() && !filters_pass(|| netns_of::<M>(sk), &ports) {
+        if matches!(new, TCP_SYN_SENT | TCP_SYN_RECV | TCP_LISTEN) {
+            count(C_FILTERED);
+        }
+        return Ok(0);
+    }
     match new {
         TCP_SYN_SENT => {
             let (sport, dport) = ports();
