@@ -3118,7 +3118,7 @@ impl Report {
                 "\nIdle connections: {} of {} opened (`{}`), held {secs} s, tracer run with \
                  `--max-conns {}` since both ends of each connection are on this machine \
                  (two tracked sockets per connection; the default 131,072 holds about 65,000 such \
-                 connections, and sockets excluded by a filter take an entry too).\n",
+                 connections; sockets excluded by a filter take no entry).\n",
                 thousands(i.opened as f64),
                 thousands(i.wanted as f64),
                 i.note,
