@@ -13,8 +13,8 @@ use crate::{
     send::open_sniff_window,
     sock::{
         born, count, current_comm, filtering, filters_pass, header, idle_ms, lookup_or_midlife,
-        netns_of, now_ns, passes, ports_of, tcp_sock, tuple_of, Clock, Direct, Probed, Rec,
-        SockAccess, F_IGNORED,
+        netns_of, now_ns, ports_of, tcp_sock, tuple_of, Clock, Direct, Probed, Rec, SockAccess,
+        F_IGNORED,
     },
     EVENTS, LISTENERS,
 };
@@ -143,14 +143,9 @@ fn on_change<S: Source, M: SockAccess>(
         return Ok(0);
     }
     match new {
-        TCP_SYN_SENT => {
-            let (sport, dport) = ports();
-            return on_connect::<M>(sk, sport, dport, now_ns());
-        }
-        TCP_SYN_RECV => {
-            let (sport, dport) = ports();
-            return on_accept_birth::<M>(sk, sport, dport, now_ns());
-        }
+        // Births: the filters were tested above.
+        TCP_SYN_SENT => return on_connect::<M>(sk, now_ns()),
+        TCP_SYN_RECV => return on_accept_birth::<M>(sk, ports().0, now_ns()),
         TCP_LISTEN => return on_listen::<M>(sk, ports().0),
         _ => {}
     }
@@ -395,11 +390,11 @@ pub fn submit_flags() -> u64 {
 
 /// `connect()`: CLOSE -> SYN_SENT runs in the connecting task.
 #[inline(always)]
-fn on_connect<M: SockAccess>(sk: u64, sport: u16, dport: u16, now: u64) -> Result<i64, i64> {
+fn on_connect<M: SockAccess>(sk: u64, now: u64) -> Result<i64, i64> {
     let id = aya_ebpf::helpers::bpf_get_current_pid_tgid();
     let tgid = (id >> 32) as u32;
     let netns = netns_of::<M>(sk);
-    if tgid == conf!(self_tgid) || !passes(netns, sport, dport) {
+    if tgid == conf!(self_tgid) {
         let _ = M::put(sk, born(now, netns, F_IGNORED));
         return Ok(0);
     }
@@ -415,12 +410,8 @@ fn on_connect<M: SockAccess>(sk: u64, sport: u16, dport: u16, now: u64) -> Resul
 /// A passive open: the child socket is created in SYN_RECV (softirq); its
 /// owner is the listener's until the application touches it.
 #[inline(always)]
-fn on_accept_birth<M: SockAccess>(sk: u64, sport: u16, dport: u16, now: u64) -> Result<i64, i64> {
+fn on_accept_birth<M: SockAccess>(sk: u64, sport: u16, now: u64) -> Result<i64, i64> {
     let netns = netns_of::<M>(sk);
-    if !passes(netns, sport, dport) {
-        let _ = M::put(sk, born(now, netns, F_IGNORED));
-        return Ok(0);
-    }
     let key = ListenKey {
         netns,
         port: sport,
@@ -444,9 +435,6 @@ fn on_accept_birth<M: SockAccess>(sk: u64, sport: u16, dport: u16, now: u64) -> 
 #[inline(always)]
 fn on_listen<M: SockAccess>(sk: u64, sport: u16) -> Result<i64, i64> {
     let netns = netns_of::<M>(sk);
-    if !passes(netns, sport, 0) {
-        return Ok(0);
-    }
     let id = aya_ebpf::helpers::bpf_get_current_pid_tgid();
     let owner = ListenOwner {
         tgid: (id >> 32) as u32,
