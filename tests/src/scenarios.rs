@@ -638,7 +638,8 @@ pub const MIXED_CONCURRENCY: u32 = 200;
 /// Two backends behind nginx (round robin, `max_fails=0`, no upstream
 /// keep-alive): `10.231.B.2:9000` healthy, `10.231.B.3:9000` resets every
 /// request. 400 requests, 200 in flight, one fresh client connection each
-/// (so each client address identifies one request). About half get 502;
+/// (a client address may come back in a later request: nginx closes first,
+/// so the client's port is free again at once). About half get 502;
 /// `requests[i].upstream_addr` says which backend nginx used. `key` is the
 /// first 502 (if any), `upstream_addr` the faulty backend.
 pub fn mixed_load<H>(hook: impl FnOnce(&Topology) -> H) -> Scenario<H> {
