@@ -127,8 +127,10 @@ const SLICE_WARMUP: Duration = Duration::from_secs(2);
 /// nginx `stub_status` on the backend (xtask/bench/backend.conf).
 const STATUS_PATH: &str = "/bench-status";
 /// The conditions measured in alternating slices: the tracer as deployed
-/// and the peers it is compared with.
-const SLICED: [Condition; 4] = [
+/// and the peers it is compared with, after a process that attaches nothing
+/// (the method's own noise in this run).
+const SLICED: [Condition; 5] = [
+    Condition::Null,
     Condition::Tracer,
     Condition::Bpftrace,
     Condition::Tcplife,
@@ -282,6 +284,10 @@ impl Workload {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Condition {
     Baseline,
+    /// A process that attaches nothing, started and stopped like a tool:
+    /// calibrates the alternating slices (what they read at no cost at all
+    /// is their noise). Not one of the per-run conditions.
+    Null,
     Tracer,
     TracerAll,
     Bpftrace,
@@ -303,6 +309,7 @@ impl Condition {
     fn name(self) -> &'static str {
         match self {
             Condition::Baseline => "no tracer",
+            Condition::Null => "nothing attached",
             Condition::Tracer => "tracer (default)",
             Condition::TracerAll => "tracer --all",
             Condition::Bpftrace => "bpftrace script",
@@ -1326,6 +1333,11 @@ fn start_tool(lab: &Lab, tools: &Tools, tracer: &Path, cond: Condition) -> Resul
     };
     match cond {
         Condition::Baseline => {}
+        Condition::Null => {
+            let mut c = Command::new("sleep");
+            c.arg("infinity");
+            spawn_to_files(&mut tool, lab, "nothing", &mut c, |_, _, _| true)?;
+        }
         Condition::Tracer => {
             // Default settings: no filter at all, the worst case.
             return spawn_tracer(lab, tracer, &[], "tracer");
@@ -1507,7 +1519,7 @@ fn stop_tool(mut tool: Tool) -> Result<ToolEnd> {
                 }));
             }
         }
-        Condition::Baseline | Condition::Tracer => {}
+        Condition::Baseline | Condition::Null | Condition::Tracer => {}
     }
     if let Some(proc) = &tool.proc {
         if tool.cond.is_tracer() && end.log.last_stats.is_none() {
@@ -1748,15 +1760,10 @@ fn slices_only(lab: &mut Lab, tools: &Tools, tracer: &Path, plan: &Plan) -> Resu
     let lua = prepare(lab, tools, plan)?;
     let mut all = Vec::new();
     for workload in Workload::ALL {
-        all.push(slices(
-            lab,
-            tools,
-            tracer,
-            plan,
-            &lua,
-            workload,
-            Condition::Tracer,
-        )?);
+        for cond in [Condition::Null, Condition::Tracer] {
+            all.push(slices(lab, tools, tracer, plan, &lua, workload, cond)?);
+            nap(GAP)?;
+        }
     }
     Ok(all)
 }
@@ -2992,8 +2999,11 @@ impl Report {
                  requests are counted by the backend (nginx `stub_status`). The runs above compare \
                  runs 10–20 s apart, each with its own wrk start and nginx state, and the VM's speed \
                  changes within that; slices seconds apart under the same connections cancel more \
-                 of it. Tool start-up and exit fall between slices and are not measured.\n",
+                 of it. Tool start-up and exit fall between slices and are not measured. \
+                 \"{}\" is a process started and stopped the same way that attaches nothing: what \
+                 its row reads is this method's noise in this run.\n",
                 self.plan.slice_pairs + 1,
+                Condition::Null.name(),
                 pairs = self.plan.slice_pairs,
                 slice = SLICE.as_secs(),
                 settle = SLICE_SETTLE.as_millis(),
@@ -3193,16 +3203,24 @@ impl Report {
                 verdict(kept.map(|k| k >= min)).to_string(),
             ]);
         }
-        // And from the alternating slices: the same comparison, seconds apart.
+        // And from the alternating slices: the same comparison, seconds
+        // apart, beside what the slices read for a process that attaches
+        // nothing (their noise in this run).
         for (w, min) in [(Workload::KeepAlive, 0.97), (Workload::Churn, 0.95)] {
             let kept = r.sliced(w, Condition::Tracer);
+            let null = r.sliced(w, Condition::Null);
             rows.push(vec![
                 format!(
                     "{} throughput ≥ {min:.2}, alternating {} s slices",
                     w.name(),
                     SLICE.as_secs()
                 ),
-                opt(kept, 3),
+                format!(
+                    "{} ({} {})",
+                    opt(kept, 3),
+                    Condition::Null.name(),
+                    opt(null, 3)
+                ),
                 verdict(kept.map(|k| k >= min)).to_string(),
             ]);
         }
