@@ -2837,7 +2837,8 @@ impl Report {
             "- conditions: no tracer; the tracer with default settings (no filter at all: every TCP socket \
              on the machine, the worst case; `--port 8080 --port 8081` would filter in the kernel); the \
              tracer with `--all` (a line per connection end, to a file); a bpftrace script on the same \
-             five tracepoints printing one line per event, to a file (`xtask/bench/tcp_events.bt`); \
+             six tracepoints printing one line per event, to a file (`xtask/bench/tcp_events.bt`; \
+             the send hook as the classic `tcp:tcp_sendmsg_locked`, which bpftrace attaches); \
              libbpf-tools `tcplife` to a file; `tshark -i {BACKEND_VETH} -f 'tcp port {BACKEND_PORT}' -w FILE` \
              on the backend's veth."
         );
