@@ -155,8 +155,9 @@ pub struct Options {
     #[arg(long, conflicts_with = "report")]
     pub profile_only: bool,
     /// Only the alternating-slices throughput measurement (the tracer
-    /// attached and not, slice after slice under one load), printed, in
-    /// about three minutes. Writes no report.
+    /// attached and not, slice after slice under one load, beside a process
+    /// that attaches nothing: the method's noise), printed, in about six
+    /// minutes. Writes no report.
     #[arg(long, conflicts_with_all = ["report", "profile_only"])]
     pub slices_only: bool,
     /// Measure this tracer binary instead of building the workspace's (for
