@@ -220,6 +220,7 @@ pub fn run(cli: Cli, filters: Filters, mut loaded: Loaded, mut out: Output) -> a
         }
         waker.wait(DRAIN_EVERY);
     }
+    loaded.detach();
     Ok(())
 }
 
