@@ -15,7 +15,7 @@ use crate::util::{require_root, tail_file, TempDir};
 
 /// How long a tracer may take to exit after SIGINT before it is killed
 /// (and the test fails).
-const STOP_GRACE: Duration = Duration::from_secs(15);
+pub const STOP_GRACE: Duration = Duration::from_secs(15);
 
 /// The tracer binary: `$TRACER_BIN` (set by `cargo xtask test`), else
 /// `<workspace>/target/release/tracer` (or `$CARGO_TARGET_DIR/release/tracer`)

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tests::backend::node_bin;
+use tests::tracer::STOP_GRACE;
 use tests::{
     fixture, wait_port, Backend, BackendOpts, Client, IptablesRule, Link, Netns, Plan, Side, Step,
     TempDir, Tracer,
@@ -231,14 +232,14 @@ fn tracer_wrapper_collects_lines_and_stops() {
 }
 
 #[test]
-fn tracer_wrapper_sigkills_after_5s() {
+fn tracer_wrapper_sigkills_after_the_grace() {
     let t = fake_tracer(&["--ignore-sigint"], Duration::from_secs(10));
     let t0 = Instant::now();
     let (status, _) = t.stop();
     let took = t0.elapsed();
     assert!(!status.success());
     assert!(
-        took >= Duration::from_secs(5) && took < Duration::from_secs(8),
+        took >= STOP_GRACE && took < STOP_GRACE + Duration::from_secs(3),
         "{took:?}"
     );
 }
