@@ -95,12 +95,13 @@ pub struct Loaded {
 type Attachment = Box<dyn Send>;
 
 impl Loaded {
-    /// Detaches every program, all at the same time. Each detach waits for
-    /// an RCU grace period in the kernel (≈ 60–80 ms each on an idle
-    /// machine here, more under load; a classic tracepoint's perf event
-    /// waits for two), so one after the other they made a stop take up to
-    /// several seconds after the final `stats` line; side by side the waits
-    /// overlap.
+    /// Detaches every program, all at the same time, after the final
+    /// `stats` line. Each detach waits for an RCU grace period in the kernel
+    /// (`close()` of a link 60–80 ms on an idle machine here, more under
+    /// load; a classic tracepoint's perf event also synchronises), and the
+    /// kernel still takes them one at a time under its own lock, but
+    /// without this process's turn between them: SIGINT to exit 0.35–0.85 s
+    /// → 0.22–0.41 s with the classic state hook.
     pub fn detach(&mut self) {
         let started = Instant::now();
         let n = self.links.len();
