@@ -131,9 +131,10 @@ pub fn filters_pass(netns: impl FnOnce() -> u32, ports: impl FnOnce() -> (u16, u
     if conf!(filter_netns) != 0 && unsafe { NETNS.get(netns()) }.is_none() {
         return false;
     }
+    // The ports are read only when a port filter is set.
     conf!(filter_ports) == 0 || {
         let (lport, rport) = ports();
-        port_listed(lport) || port_listed(rport)
+        ports_wanted(lport, rport)
     }
 }
 
